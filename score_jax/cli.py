@@ -1,0 +1,131 @@
+"""The `score-jax` command line: train, eval, sample, likelihood, fid-stats, convert.
+
+Every subcommand takes `--config FILE` plus any number of `--config.a.b=VALUE` overrides. The
+work itself lives in the library; this file only parses arguments and dispatches, importing
+each subcommand's module lazily so that `--help` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from score_jax.config import ConfigError, load_config
+
+_DESCRIPTION = "Score-based generative modelling through SDEs, in JAX."
+
+
+def _add_common(parser: argparse.ArgumentParser, workdir: bool = True) -> None:
+    parser.add_argument("--config", required=True, help="ml_collections config file (.py)")
+    if workdir:
+        parser.add_argument("--workdir", required=True, help="run directory (checkpoints, logs)")
+    group = parser.add_argument_group("multi-host (or set them in the environment)")
+    group.add_argument("--coordinator_address", default=os.environ.get("SCORE_JAX_COORDINATOR"))
+    group.add_argument("--num_processes", type=int, default=_env_int("SCORE_JAX_NUM_PROCESSES"))
+    group.add_argument("--process_id", type=int, default=_env_int("SCORE_JAX_PROCESS_ID"))
+
+
+def _env_int(name: str) -> int | None:
+    value = os.environ.get(name)
+    return int(value) if value else None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="score-jax",
+        description=_DESCRIPTION,
+        epilog="Override any config value with --config.section.key=VALUE.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("train", help="train a score model (resumes from --workdir)")
+    _add_common(p)
+
+    p = sub.add_parser("eval", help="evaluation loss, bits/dim and FID/IS/KID of checkpoints")
+    _add_common(p)
+    p.add_argument("--eval_folder", default="eval", help="subfolder of workdir for results")
+
+    p = sub.add_parser("sample", help="draw samples from a checkpoint's EMA weights")
+    _add_common(p)
+    p.add_argument("--num", type=int, required=True, help="number of samples")
+    p.add_argument("--out", required=True, help="output .npz (a PNG grid is written beside it)")
+    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+
+    p = sub.add_parser("likelihood", help="bits/dim of a checkpoint on a dataset split")
+    _add_common(p)
+    p.add_argument("--split", default="test", help="dataset split (default: test)")
+    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+
+    p = sub.add_parser("fid-stats", help="Inception statistics of a dataset's training split")
+    _add_common(p, workdir=False)
+    p.add_argument("--out", required=True, help="output .npz with mu, sigma (pytorch-fid format)")
+
+    p = sub.add_parser("convert", help="convert an official score_sde_pytorch checkpoint")
+    _add_common(p)
+    p.add_argument("--checkpoint", required=True, help="official .pth checkpoint file")
+    return parser
+
+
+def _initialize_distributed(args: argparse.Namespace) -> None:
+    if args.coordinator_address is None:
+        return
+    import jax
+
+    jax.distributed.initialize(
+        coordinator_address=args.coordinator_address,
+        num_processes=args.num_processes,
+        process_id=args.process_id,
+    )
+
+
+def _run(args: argparse.Namespace, config) -> None:
+    if args.command == "train":
+        from score_jax.train.loop import train
+
+        train(config, args.workdir)
+    elif args.command == "eval":
+        from score_jax.evaluation.run import evaluate
+
+        evaluate(config, args.workdir, args.eval_folder)
+    elif args.command == "sample":
+        from score_jax.evaluation.sample import sample_to_file
+
+        sample_to_file(config, args.workdir, args.num, args.out, step=args.step)
+    elif args.command == "likelihood":
+        from score_jax.evaluation.bpd import run_likelihood
+
+        run_likelihood(config, args.workdir, args.split, step=args.step)
+    elif args.command == "fid-stats":
+        from score_jax.evaluation.stats import compute_dataset_stats
+
+        compute_dataset_stats(config, args.out)
+    elif args.command == "convert":
+        from score_jax.models.convert import convert_checkpoint
+
+        convert_checkpoint(config, args.checkpoint, args.workdir)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    overrides = [a for a in argv if a.startswith("--config.")]
+    args = parser.parse_args([a for a in argv if not a.startswith("--config.")])
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    try:
+        config = load_config(args.config, overrides)
+    except ConfigError as err:
+        parser.exit(2, f"score-jax {args.command}: error: {err}\n")
+    _initialize_distributed(args)
+    try:
+        _run(args, config)
+    except (FileNotFoundError, ValueError) as err:
+        # Errors we raise for bad input carry a message meant for the user; no traceback.
+        if os.environ.get("SCORE_JAX_TRACEBACK"):
+            raise
+        parser.exit(1, f"score-jax {args.command}: error: {err}\n")
+    except KeyboardInterrupt:
+        parser.exit(130, f"score-jax {args.command}: interrupted\n")
+    return 0
