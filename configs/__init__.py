@@ -1,0 +1,1 @@
+"""Experiment configs: `get_config()` files named as the official score_sde ones."""

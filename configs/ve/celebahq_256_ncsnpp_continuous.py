@@ -1,0 +1,18 @@
+"""NCSN++ on CelebA-HQ 256x256, VE SDE, continuous time.
+
+Same values as the official score_sde config ve/celebahq_256_ncsnpp_continuous.py.
+"""
+
+from configs.architectures import set_ncsnpp_256
+from configs.defaults import get_lsun_default_configs, set_pc_sampler, set_sde
+
+
+def get_config():
+    config = get_lsun_default_configs()
+    set_sde(config, "vesde", continuous=True)
+    set_pc_sampler(config, "reverse_diffusion", "langevin")
+    config.data.dataset = "CelebAHQ"
+    config.data.image_size = 256
+    set_ncsnpp_256(config)
+    config.model.sigma_max = 348
+    return config

@@ -1,0 +1,16 @@
+"""The DDPM network trained with SMLD (discrete VE noise levels) on CIFAR-10.
+
+Same values as the official score_sde config ve/cifar10_ddpm.py.
+"""
+
+from configs.architectures import set_ddpm
+from configs.defaults import get_default_configs, set_pc_sampler, set_sde
+
+
+def get_config():
+    config = get_default_configs()
+    set_sde(config, "vesde", continuous=False)
+    set_pc_sampler(config, "reverse_diffusion", "langevin")
+    set_ddpm(config, scale_by_sigma=True, ema_rate=0.999)
+    config.model.conv_size = 3
+    return config
