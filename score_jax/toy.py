@@ -27,9 +27,9 @@ class GaussianMixture:
     weights: jax.Array
 
     def __post_init__(self):
-        means = jnp.asarray(self.means, jnp.float32)
-        stds = jnp.asarray(self.stds, jnp.float32)
-        weights = jnp.asarray(self.weights, jnp.float32)
+        means = jnp.asarray(self.means, float)
+        stds = jnp.asarray(self.stds, float)
+        weights = jnp.asarray(self.weights, float)
         if means.ndim != 2 or stds.shape != means.shape[:1] or weights.shape != means.shape[:1]:
             raise ValueError(
                 "GaussianMixture needs means [K, D], stds [K] and weights [K]; got "
@@ -69,7 +69,7 @@ class GaussianMixture:
 
     def perturbed(self, sde: SDE, t: float) -> GaussianMixture:
         """The exact marginal p_t of the data under `sde` at scalar time t."""
-        coeff, std = _mean_coeff_and_std(sde, jnp.asarray([t], jnp.float32))
+        coeff, std = _mean_coeff_and_std(sde, jnp.asarray([t], float))
         return GaussianMixture(
             coeff[0] * self.means,
             jnp.sqrt((coeff[0] * self.stds) ** 2 + std[0] ** 2),
