@@ -64,6 +64,19 @@ def get_default_configs() -> ml_collections.ConfigDict:
     data.num_channels = 3
     # project: tfds data directory (None = the tfds default).
     data.data_dir = None
+    # project: LSUN category ('bedroom', 'church_outdoor'; see set_lsun_category).
+    data.category = ""
+    # project: image folder ('folder', 'CelebAHQ', 'FFHQ') or .npz file ('npz') to read.
+    data.path = ""
+    # project: examples of a 'folder'/'npz' dataset held out as its 'test' split (0: test = train).
+    data.holdout = 0
+    # project: the toy Gaussian mixture of dataset 'MIXTURE' (score_jax.toy.GaussianMixture).
+    data.mixture = mixture = ml_collections.ConfigDict()
+    mixture.means = ((-2.0, 0.0), (2.0, 0.0))
+    mixture.stds = (0.5, 0.5)
+    mixture.weights = (0.5, 0.5)
+    mixture.num_train = 10000
+    mixture.num_test = 2000
 
     config.model = model = ml_collections.ConfigDict()
     model.sigma_min = 0.01
