@@ -1,1 +1,166 @@
-"""score_jax.data"""
+"""Datasets as host-local numpy batches, and the conversions that turn them into model inputs.
+
+    ds = get_dataset(config, "train", batch_size=128, shuffle=True, seed=0)
+    for batch in ds:   # {"image": uint8 [B_local, H, W, C], "label": int32 [B_local]}
+        x = get_scaler(config)(to_float(batch["image"], key, dequantize=True))
+
+config.data.dataset picks the source (see `SOURCES`; each source module's docstring says how
+its data must be laid out). Batches are this host's share of a global batch that does not
+depend on the number of hosts (see pipeline.py); `prefetch_to_mesh` turns them into global
+jax.Arrays sharded over the mesh axis "data".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from score_jax.data.pipeline import BatchPlan, Dataset, host_batches, stack_batches
+from score_jax.data.preprocess import get_inverse_scaler, get_scaler, to_float
+from score_jax.data.source import Source
+
+__all__ = [
+    "SOURCES",
+    "BatchPlan",
+    "Dataset",
+    "get_dataset",
+    "get_inverse_scaler",
+    "get_scaler",
+    "get_source",
+    "host_batches",
+    "num_examples",
+    "prefetch_to_mesh",
+    "stack_batches",
+    "to_float",
+]
+
+
+def _digits(config, split):
+    from score_jax.data.digits import digits_source
+
+    return digits_source(config, split)
+
+
+def _mixture(config, split):
+    from score_jax.data.mixture import mixture_source
+
+    return mixture_source(config, split)
+
+
+def _npz(config, split):
+    from score_jax.data.arrays import npz_source
+
+    return npz_source(config, split)
+
+
+def _folder(config, split):
+    from score_jax.data.folder import folder_source
+
+    return folder_source(config, split)
+
+
+def _tfds(config, split):
+    from score_jax.data.tfds import tfds_source
+
+    return tfds_source(config, split)
+
+
+def _folder_or_tfds(config, split):
+    # CelebA-HQ and FFHQ: an image folder when config.data.path is set, else tfds (CelebA-HQ).
+    if config.data.get("path"):
+        return _folder(config, split)
+    if config.data.dataset == "FFHQ":
+        raise FileNotFoundError(
+            "FFHQ is read from an image folder: set config.data.path to a folder of the FFHQ "
+            "PNG images (any resolution; they are center-cropped and resized to image_size)."
+        )
+    return _tfds(config, split)
+
+
+# config.data.dataset -> function (config, split) -> Source. Imports are deferred so that the
+# built-in datasets never import tensorflow_datasets.
+SOURCES: dict[str, Callable[[Any, str], Source]] = {
+    "DIGITS": _digits,
+    "MIXTURE": _mixture,
+    "npz": _npz,
+    "folder": _folder,
+    "CIFAR10": _tfds,
+    "SVHN": _tfds,
+    "CELEBA": _tfds,
+    "LSUN": _tfds,
+    "CelebAHQ": _folder_or_tfds,
+    "FFHQ": _folder_or_tfds,
+}
+
+
+def get_source(config, split: str) -> Source:
+    """The random-access source of `split` ('train' or 'test') of config.data.dataset."""
+    name = config.data.dataset
+    if name not in SOURCES:
+        raise ValueError(
+            f"Unknown config.data.dataset={name!r}; expected one of {sorted(SOURCES)}."
+        )
+    return SOURCES[name](config, split)
+
+
+def num_examples(config, split: str) -> int:
+    """Number of examples in `split` of config.data.dataset."""
+    if config.data.dataset in ("CIFAR10", "SVHN", "CELEBA", "LSUN") or (
+        config.data.dataset == "CelebAHQ" and not config.data.get("path")
+    ):
+        from score_jax.data.tfds import tfds_num_examples
+
+        return tfds_num_examples(config, split)  # from the metadata, without opening the data
+    return len(get_source(config, split))
+
+
+def get_dataset(
+    config,
+    split: str,
+    *,
+    batch_size: int,
+    shuffle: bool,
+    seed: int,
+    num_epochs: int | None = None,
+    drop_remainder: bool = True,
+    start_step: int = 0,
+    process_index: int | None = None,
+    process_count: int | None = None,
+    prefetch: int = 4,
+) -> Dataset:
+    """This host's batches of `split`: {"image": [B_local, ...], "label": int32 [B_local]}.
+
+    batch_size is the GLOBAL batch; B_local = batch_size // process_count. Images are uint8
+    NHWC (float32 [B_local, D] for MIXTURE), flipped at random when shuffle and
+    config.data.random_flip. num_epochs=None repeats forever; start_step skips to global batch
+    number start_step (resume). With drop_remainder=False each batch also has "mask" bool
+    [B_local] (False on the zero rows that pad the last batch). process_index/process_count
+    default to jax's; prefetch is the number of batches prepared ahead on a background thread.
+    """
+    if process_index is None or process_count is None:
+        import jax
+
+        process_index, process_count = jax.process_index(), jax.process_count()
+    source = get_source(config, split)
+    plan = BatchPlan(
+        num_examples=len(source),
+        batch_size=batch_size,
+        shuffle=shuffle,
+        seed=seed,
+        drop_remainder=drop_remainder,
+        process_index=process_index,
+        process_count=process_count,
+    )
+    is_image = config.data.dataset != "MIXTURE"
+    random_flip = bool(shuffle and config.data.random_flip and is_image)
+    return Dataset(source, plan, random_flip, num_epochs, start_step, prefetch)
+
+
+def prefetch_to_mesh(batches: Iterable, mesh, size: int = 2, batch_axis: int = 0) -> Iterator:
+    """Global jax.Arrays sharded over mesh axis "data", `size` batches transferred ahead.
+
+    Each host passes its own B_local rows; see score_jax.parallel.prefetch_to_mesh.
+    """
+    from score_jax.parallel import prefetch_to_mesh as _prefetch
+
+    return _prefetch(batches, mesh, size=size, batch_axis=batch_axis)
