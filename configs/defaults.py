@@ -70,6 +70,8 @@ def get_default_configs() -> ml_collections.ConfigDict:
     data.path = ""
     # project: examples of a 'folder'/'npz' dataset held out as its 'test' split (0: test = train).
     data.holdout = 0
+    # The official CelebA-HQ/FFHQ TFRecord file (read without TensorFlow; '' = unused).
+    data.tfrecords_path = ""
     # project: the toy Gaussian mixture of dataset 'MIXTURE' (score_jax.toy.GaussianMixture).
     data.mixture = mixture = ml_collections.ConfigDict()
     mixture.means = ((-2.0, 0.0), (2.0, 0.0))
