@@ -271,6 +271,36 @@ def test_folder_crops_resizes_and_skips_corrupt_files(tmp_path):
         np.testing.assert_allclose(image.reshape(-1, 3), [colours[name]] * 64, atol=tol)
 
 
+def write_tfrecords(path, images_chw):
+    """The official StyleGAN-style file: Examples with 'shape' and raw 'data' (CRCs zeroed)."""
+    import struct
+
+    from tensorflow_datasets.proto import tf_example_pb2
+
+    with open(path, "wb") as file:
+        for image in images_chw:
+            example = tf_example_pb2.Example()
+            feature = example.features.feature
+            feature["shape"].int64_list.value.extend(image.shape)
+            feature["data"].bytes_list.value.append(image.tobytes())
+            payload = example.SerializeToString()
+            file.write(struct.pack("<QI", len(payload), 0) + payload + struct.pack("<I", 0))
+
+
+def test_ffhq_tfrecords_are_read_without_tensorflow(tmp_path):
+    pytest.importorskip("tensorflow_datasets")
+    images = np.random.default_rng(0).integers(0, 256, (5, 3, 8, 8), np.uint8)
+    write_tfrecords(tmp_path / "ffhq-r03.tfrecords", images)
+    config = make_config("FFHQ", image_size=8, channels=3)
+    with pytest.raises(FileNotFoundError, match="config.data.path"):
+        data.get_source(config, "train")
+    config.data.tfrecords_path = str(tmp_path / "ffhq-r03.tfrecords")
+    assert data.num_examples(config, "test") == 5
+    ds = data.get_dataset(config, "train", batch_size=5, shuffle=False, seed=0, num_epochs=1)
+    (batch,) = list(ds)
+    np.testing.assert_array_equal(batch["image"], images.transpose(0, 2, 3, 1))
+
+
 # --- tfds without TensorFlow ---
 
 

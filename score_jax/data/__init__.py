@@ -66,13 +66,19 @@ def _tfds(config, split):
 
 
 def _folder_or_tfds(config, split):
-    # CelebA-HQ and FFHQ: an image folder when config.data.path is set, else tfds (CelebA-HQ).
+    # CelebA-HQ and FFHQ: an image folder (config.data.path), else the official TFRecord file
+    # (config.data.tfrecords_path), else tfds celeb_a_hq/<image_size> (CelebA-HQ only).
     if config.data.get("path"):
         return _folder(config, split)
+    if config.data.get("tfrecords_path"):
+        from score_jax.data.tfrecord import tfrecord_source
+
+        return tfrecord_source(config, split)
     if config.data.dataset == "FFHQ":
         raise FileNotFoundError(
-            "FFHQ is read from an image folder: set config.data.path to a folder of the FFHQ "
-            "PNG images (any resolution; they are center-cropped and resized to image_size)."
+            "FFHQ needs config.data.path (a folder of PNG/JPEG images, any resolution; they are "
+            "center-cropped and resized to image_size) or config.data.tfrecords_path (the "
+            "official StyleGAN-style .tfrecords file)."
         )
     return _tfds(config, split)
 
@@ -106,7 +112,9 @@ def get_source(config, split: str) -> Source:
 def num_examples(config, split: str) -> int:
     """Number of examples in `split` of config.data.dataset."""
     if config.data.dataset in ("CIFAR10", "SVHN", "CELEBA", "LSUN") or (
-        config.data.dataset == "CelebAHQ" and not config.data.get("path")
+        config.data.dataset == "CelebAHQ"
+        and not config.data.get("path")
+        and not config.data.get("tfrecords_path")
     ):
         from score_jax.data.tfds import tfds_num_examples
 
