@@ -185,11 +185,45 @@ def test_prefetcher_reraises_producer_errors():
         next(it)
 
 
+def test_dropped_prefetcher_stops_its_thread():
+    import gc
+    import itertools
+    import threading
+
+    before = threading.active_count()
+    it = Prefetcher(itertools.count(), size=2)
+    assert next(it) == 0
+    del it
+    gc.collect()
+    for _ in range(50):  # the producer notices the stop within its 0.1 s put timeout
+        if threading.active_count() == before:
+            break
+        threading.Event().wait(0.05)
+    assert threading.active_count() == before
+
+
 def test_stack_batches_groups_consecutive_batches():
     batches = [{"image": np.full((2, 1), i)} for i in range(5)]
     stacked = list(data.stack_batches(iter(batches), 2))
     assert len(stacked) == 2 and stacked[1]["image"].shape == (2, 2, 1)
     np.testing.assert_array_equal(stacked[1]["image"][:, 0, 0], [2, 3])
+
+
+def test_prefetch_to_mesh_gives_global_batches_sharded_over_data():
+    pytest.importorskip("score_jax.parallel")
+    from jax.sharding import Mesh
+
+    mesh = Mesh(np.asarray(jax.devices()), ("data",))
+    config = make_config()
+    ds = data.get_dataset(config, "test", batch_size=8, shuffle=False, seed=0, num_epochs=1)
+    host = list(ds)
+    arrays = list(data.prefetch_to_mesh(ds, mesh, size=2))
+    assert len(arrays) == len(host) == 297 // 8
+    for got, want in zip(arrays, host, strict=True):
+        assert got["image"].shape == (8, 8, 8, 1) and got["image"].dtype == np.uint8
+        assert got["image"].sharding.spec[0] == "data"
+        assert len(got["image"].addressable_shards) == len(jax.devices())
+        np.testing.assert_array_equal(np.asarray(got["image"]), want["image"])
 
 
 # --- conversions ---

@@ -124,6 +124,31 @@ def host_batches(
                 order = plan.epoch_order(epoch)
 
 
+_END = object()
+
+
+def _put(items: queue.Queue, stop: threading.Event, item) -> bool:
+    while not stop.is_set():
+        try:
+            items.put(item, timeout=0.1)
+            return True
+        except queue.Full:
+            continue
+    return False
+
+
+def _produce(iterator: Iterator, items: queue.Queue, stop: threading.Event) -> None:
+    # A plain function, not a method: the thread must not keep the Prefetcher alive, so that
+    # dropping an unfinished iterator stops its thread (through __del__).
+    try:
+        for item in iterator:
+            if not _put(items, stop, item):
+                return
+        _put(items, stop, _END)
+    except BaseException as error:  # noqa: BLE001 -- handed to the consumer
+        _put(items, stop, error)
+
+
 class Prefetcher:
     """Runs an iterator on a background thread, keeping up to `size` items ready in a queue.
 
@@ -131,33 +156,16 @@ class Prefetcher:
     collection) stops the thread.
     """
 
-    _END = object()
-
     def __init__(self, iterator: Iterator, size: int = 4):
         self._queue: queue.Queue = queue.Queue(maxsize=max(1, size))
         self._stop = threading.Event()
         self._thread = threading.Thread(
-            target=self._produce, args=(iterator,), daemon=True, name="data-prefetch"
+            target=_produce,
+            args=(iterator, self._queue, self._stop),
+            daemon=True,
+            name="data-prefetch",
         )
         self._thread.start()
-
-    def _put(self, item) -> bool:
-        while not self._stop.is_set():
-            try:
-                self._queue.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def _produce(self, iterator: Iterator) -> None:
-        try:
-            for item in iterator:
-                if not self._put(item):
-                    return
-            self._put(self._END)
-        except BaseException as error:  # noqa: BLE001 -- handed to the consumer
-            self._put(error)
 
     def __iter__(self) -> Prefetcher:
         return self
@@ -166,7 +174,7 @@ class Prefetcher:
         if self._stop.is_set():
             raise StopIteration
         item = self._queue.get()
-        if item is self._END:
+        if item is _END:
             self._stop.set()
             raise StopIteration
         if isinstance(item, BaseException):
