@@ -256,6 +256,29 @@ def test_scalers_round_trip():
     assert data.get_scaler(plain)(x) is x and data.get_inverse_scaler(plain)(x) is x
 
 
+def test_official_crops_take_the_documented_windows():
+    from score_jax.data import preprocess
+    from score_jax.data.tfds import TFDS_DATASETS
+
+    # A CelebA-sized image whose centre 140 x 140 window (rows 39.., cols 19..) is one colour:
+    # the CELEBA crop keeps only that window, and resizing a constant window is exact.
+    image = np.zeros((218, 178, 3), np.uint8)
+    image[39 : 39 + 140, 19 : 19 + 140] = (10, 150, 240)
+    out = TFDS_DATASETS["CELEBA"].preprocess(image, 64)
+    assert out.shape == (64, 64, 3)
+    np.testing.assert_array_equal(out.reshape(-1, 3), [[10, 150, 240]] * 64 * 64)
+    # resize_small keeps the aspect ratio with the short side at the target (rounded).
+    assert preprocess.resize_small(np.zeros((100, 301, 1), np.uint8), 50).shape == (50, 150, 1)
+    # LSUN at 128: short side to 128 first, then the centre 128 x 128; other sizes: the largest
+    # centred square, then the resize. Both end square.
+    lsun = TFDS_DATASETS["LSUN"].preprocess
+    assert lsun(np.zeros((300, 400, 3), np.uint8), 128).shape == (128, 128, 3)
+    assert lsun(np.zeros((300, 400, 3), np.uint8), 64).shape == (64, 64, 3)
+    # The central crop rounds its offsets down, as the official code.
+    ramp = np.arange(7)[:, None, None] * np.ones((7, 7, 1), np.uint8)
+    np.testing.assert_array_equal(preprocess.central_crop(ramp, 4)[:, 0, 0], [1, 2, 3, 4])
+
+
 # --- sources from files ---
 
 

@@ -9,6 +9,12 @@ per epoch, and batch k can be produced directly (exact resume after preemption).
 
 Each epoch ends with its partial batch dropped (drop_remainder) or padded to full size with
 zero rows and a boolean "mask" [B_local] marking real rows (then every batch carries "mask").
+
+Why not grain: its per-process sharding (ShardByJaxProcess) makes the global batch depend on
+the number of hosts, which breaks "P hosts train exactly like one", and on this project's
+2-core test machine grain's MapDataset was slower: 2.8-4.4k img/s (1-8 read threads) against
+7.3k img/s here for PNG-decoded 32x32 tfds data (batch 128), and 29k against 149k img/s for
+in-memory arrays, where this pipeline reads a batch with one fancy index.
 """
 
 from __future__ import annotations
