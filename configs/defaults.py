@@ -72,6 +72,8 @@ def get_default_configs() -> ml_collections.ConfigDict:
     data.holdout = 0
     # The official CelebA-HQ/FFHQ TFRecord file (read without TensorFlow; '' = unused).
     data.tfrecords_path = ""
+    # project: keep decoded tfds/folder/TFRecord splits in host memory up to this size (MB).
+    data.cache_mb = 4096
     # project: the toy Gaussian mixture of dataset 'MIXTURE' (score_jax.toy.GaussianMixture).
     data.mixture = mixture = ml_collections.ConfigDict()
     mixture.means = ((-2.0, 0.0), (2.0, 0.0))
