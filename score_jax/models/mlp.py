@@ -54,3 +54,11 @@ class MLP(nn.Module):
         if m.get("scale_by_sigma", False):
             out = out / labels[:, None]
         return out.reshape(x.shape)
+
+
+def example_input_shape(config: ml_collections.ConfigDict) -> tuple[int, ...]:
+    """The [1, ...] input to initialise an MLP with: [1, D] for MIXTURE points, else an image."""
+    if config.data.dataset.upper() == "MIXTURE":
+        return (1, len(config.data.mixture.means[0]))
+    size = config.data.image_size
+    return (1, size, size, config.data.num_channels)

@@ -1,0 +1,197 @@
+"""Orbax checkpoints of the training state under `<workdir>/checkpoints/<step>/`.
+
+Each checkpoint holds four items: `params`, `ema_params`, `opt_state` and `extra` (step, rng),
+so inference restores only `ema_params` and a converted official checkpoint needs only the two
+parameter items. Saves are asynchronous and atomic (Orbax writes to a temporary folder and
+renames it), and every process of a multi-host run takes part. The last `keep` checkpoints are
+kept, plus every one whose step is a multiple of `training.snapshot_freq`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+from jax.sharding import Sharding, SingleDeviceSharding
+
+from score_jax.train.state import TrainState
+
+ITEMS = ("params", "ema_params", "opt_state", "extra")
+DEFAULT_KEEP = 2
+
+
+def checkpoint_dir(workdir: str | Path) -> Path:
+    return Path(workdir).resolve() / "checkpoints"
+
+
+def make_manager(
+    workdir: str | Path, snapshot_freq: int = 0, keep: int = DEFAULT_KEEP, read_only: bool = False
+) -> ocp.CheckpointManager:
+    """A manager that keeps the latest `keep` checkpoints and every `snapshot_freq`-th step."""
+    policies = ocp.checkpoint_managers
+    keepers = [policies.LatestN(keep)]
+    if snapshot_freq > 0:
+        keepers.append(policies.EveryNSteps(snapshot_freq))
+    options = ocp.CheckpointManagerOptions(
+        preservation_policy=policies.AnyPreservationPolicy(keepers),
+        enable_async_checkpointing=not read_only,
+        create=not read_only,
+        read_only=read_only,
+    )
+    # Handlers named up front let a fresh manager read metadata before any restore.
+    handlers = {name: ocp.StandardCheckpointHandler() for name in ITEMS}
+    return ocp.CheckpointManager(checkpoint_dir(workdir), options=options, item_handlers=handlers)
+
+
+def list_steps(workdir: str | Path) -> list[int]:
+    """Steps of the finished checkpoints in `workdir`, ascending ([] when there are none)."""
+    if not checkpoint_dir(workdir).is_dir():
+        return []
+    with make_manager(workdir, read_only=True) as manager:
+        return sorted(manager.all_steps())
+
+
+def save_state(manager: ocp.CheckpointManager, state: TrainState) -> None:
+    """Starts an asynchronous save of `state` at its step (returns once arrays are copied)."""
+    step = int(jax.device_get(state.step))
+    manager.save(
+        step,
+        args=ocp.args.Composite(
+            params=ocp.args.StandardSave(state.params),
+            ema_params=ocp.args.StandardSave(state.ema_params),
+            opt_state=ocp.args.StandardSave(state.opt_state),
+            extra=ocp.args.StandardSave({"step": state.step, "rng": state.rng}),
+        ),
+        force=True,
+    )
+
+
+def save_inference_checkpoint(
+    workdir: str | Path, step: int, params: Any, ema_params: Any | None = None
+) -> None:
+    """Writes a parameters-only checkpoint (e.g. converted official weights) that
+    `restore_for_inference` reads; training cannot resume from it."""
+    ema_params = params if ema_params is None else ema_params
+    with make_manager(workdir) as manager:
+        manager.save(
+            step,
+            args=ocp.args.Composite(
+                params=ocp.args.StandardSave(params), ema_params=ocp.args.StandardSave(ema_params)
+            ),
+            force=True,
+        )
+        manager.wait_until_finished()
+
+
+def _path_name(path: tuple) -> str:
+    return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+
+
+def check_shapes(
+    manager: ocp.CheckpointManager, step: int, item: str, target: Any, what: str
+) -> None:
+    """Raises ValueError naming every parameter whose stored shape differs from `target`'s."""
+    stored = manager.item_metadata(step)[item]
+    stored = getattr(stored, "tree", stored)
+    stored_shapes = {
+        _path_name(p): tuple(m.shape) for p, m in jax.tree_util.tree_leaves_with_path(stored)
+    }
+    target_shapes = {
+        _path_name(p): tuple(x.shape) for p, x in jax.tree_util.tree_leaves_with_path(target)
+    }
+    problems = []
+    for name in sorted(set(stored_shapes) | set(target_shapes)):
+        got, want = stored_shapes.get(name), target_shapes.get(name)
+        if got != want:
+            got_s = "absent" if got is None else str(got)
+            want_s = "absent" if want is None else str(want)
+            problems.append(f"{name}: checkpoint {got_s}, {what} {want_s}")
+    if problems:
+        shown = "; ".join(problems[:8]) + (
+            f"; ... ({len(problems)} in all)" if len(problems) > 8 else ""
+        )
+        raise ValueError(
+            f"The checkpoint at step {step} in {manager.directory} does not match {what} "
+            f"({len(problems)} parameter(s) differ): {shown}. Use a fresh --workdir or the config "
+            "the checkpoint was trained with."
+        )
+
+
+def _abstract(tree: Any, sharding: Sharding) -> Any:
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
+
+
+def _restore_item(manager, step: int, item: str, target: Any, sharding: Sharding) -> Any:
+    restored = manager.restore(
+        step,
+        args=ocp.args.Composite(**{item: ocp.args.StandardRestore(_abstract(target, sharding))}),
+    )[item]
+    # Orbax may hand back plain tuples for optax's named tuples; rebuild the target's structure.
+    return jax.tree.unflatten(jax.tree.structure(target), jax.tree.leaves(restored))
+
+
+def restore_state(
+    manager: ocp.CheckpointManager, target: TrainState, sharding: Sharding, step: int | None = None
+) -> TrainState | None:
+    """The state saved at `step` (default: latest) laid out like `target`, or None if none."""
+    step = manager.latest_step() if step is None else step
+    if step is None:
+        return None
+    check_shapes(manager, step, "params", target.params, "the config's model")
+    if (
+        "opt_state" not in manager.item_metadata(step)
+        or manager.item_metadata(step)["opt_state"] is None
+    ):
+        raise ValueError(
+            f"The checkpoint at step {step} in {manager.directory} holds parameters only "
+            "(e.g. converted weights) and cannot resume training; use a fresh --workdir."
+        )
+    extra = _restore_item(
+        manager, step, "extra", {"step": target.step, "rng": target.rng}, sharding
+    )
+    return TrainState(
+        step=extra["step"],
+        params=_restore_item(manager, step, "params", target.params, sharding),
+        ema_params=_restore_item(manager, step, "ema_params", target.ema_params, sharding),
+        opt_state=_restore_item(manager, step, "opt_state", target.opt_state, sharding),
+        rng=extra["rng"],
+    )
+
+
+def _inference_sharding() -> Sharding:
+    if jax.process_count() == 1:
+        return SingleDeviceSharding(jax.local_devices()[0])
+    from score_jax.parallel import make_mesh, replicated
+
+    return replicated(make_mesh())
+
+
+def restore_for_inference(
+    workdir: str | Path, config: ml_collections.ConfigDict, step: int | None = None
+) -> tuple[int, Any]:
+    """(step, EMA parameters) of the checkpoint at `step` (default: latest) in `workdir`."""
+    from score_jax.models import init_model
+
+    steps = list_steps(workdir)
+    if not steps:
+        raise FileNotFoundError(f"No checkpoint found in {checkpoint_dir(workdir)}.")
+    if step is None:
+        step = steps[-1]
+    elif step not in steps:
+        raise FileNotFoundError(
+            f"No checkpoint for step {step} in {checkpoint_dir(workdir)}; found steps {steps}."
+        )
+    target = jax.eval_shape(lambda: init_model(jax.random.PRNGKey(0), config))["params"]
+    with make_manager(workdir, read_only=True) as manager:
+        check_shapes(manager, step, "ema_params", target, "the config's model")
+        ema = _restore_item(manager, step, "ema_params", target, _inference_sharding())
+    return step, ema
+
+
+def as_numpy(tree: Any) -> Any:
+    """Host copies of a restored (replicated) pytree."""
+    return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), tree)
