@@ -411,6 +411,29 @@ def test_tfds_cifar10_reads_prepared_array_record(fake_cifar10):
     assert batch["image"].shape == (4, 16, 16, 3)
 
 
+def test_decoded_splits_are_cached_after_their_first_pass(fake_cifar10):
+    from score_jax.data.source import CachedSource, DecodedSource
+
+    loads = []
+    base = DecodedSource(10, lambda i: (loads.append(i) or np.full((2, 2, 1), i, np.uint8), i))
+    cached = CachedSource(base)
+    first = cached.read(np.array([3, 1, 3, 7]))
+    second = cached.read(np.array([7, 3, 0]))
+    np.testing.assert_array_equal(first["image"][:, 0, 0, 0], [3, 1, 3, 7])
+    np.testing.assert_array_equal(second["label"], [7, 3, 0])
+    assert sorted(loads) == [0, 1, 3, 7]  # each example decoded once
+    # Through get_dataset: the same cached source serves every dataset over the same split.
+    data_dir, images = fake_cifar10
+    config = make_config("CIFAR10", image_size=32, channels=3, data_dir=str(data_dir), cache_mb=1)
+    source = data.get_source(config, "test")
+    assert isinstance(source, CachedSource) and data.get_source(config, "test") is source
+    ds = data.get_dataset(config, "test", batch_size=7, shuffle=True, seed=0, num_epochs=2)
+    rows = {image.tobytes() for image in images["test"]}
+    for batch in ds:  # both epochs, the second from memory: flipped or not, the same images
+        unflipped = [b if b.tobytes() in rows else b[:, ::-1] for b in batch["image"]]
+        assert {b.tobytes() for b in unflipped} == rows
+
+
 def test_tfds_missing_dataset_says_how_to_prepare_it(tmp_path):
     pytest.importorskip("tensorflow_datasets")
     config = make_config("CIFAR10", image_size=32, channels=3, data_dir=str(tmp_path))

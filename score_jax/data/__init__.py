@@ -17,7 +17,7 @@ from typing import Any
 
 from score_jax.data.pipeline import BatchPlan, Dataset, host_batches, stack_batches
 from score_jax.data.preprocess import get_inverse_scaler, get_scaler, to_float
-from score_jax.data.source import Source
+from score_jax.data.source import CachedSource, DecodedSource, Source, SubsetSource
 
 __all__ = [
     "SOURCES",
@@ -99,14 +99,32 @@ SOURCES: dict[str, Callable[[Any, str], Source]] = {
 }
 
 
+# Decoded-and-cached sources, shared by every dataset over the same data in this process (the
+# training loop re-creates its evaluation dataset again and again).
+_CACHED: dict[tuple, CachedSource] = {}
+
+
 def get_source(config, split: str) -> Source:
-    """The random-access source of `split` ('train' or 'test') of config.data.dataset."""
+    """The random-access source of `split` ('train' or 'test') of config.data.dataset.
+
+    Sources that decode files (tfds, folders, TFRecord) are kept decoded in memory after their
+    first pass when the split's uint8 size is at most config.data.cache_mb megabytes.
+    """
     name = config.data.dataset
     if name not in SOURCES:
         raise ValueError(
             f"Unknown config.data.dataset={name!r}; expected one of {sorted(SOURCES)}."
         )
-    return SOURCES[name](config, split)
+    where = ("dataset", "image_size", "num_channels", "data_dir", "category", "path")
+    key = (split, *(str(config.data.get(k)) for k in (*where, "tfrecords_path", "holdout")))
+    if key in _CACHED:
+        return _CACHED[key]
+    source = SOURCES[name](config, split)
+    if isinstance(source, DecodedSource | SubsetSource):
+        size_mb = len(source) * config.data.image_size**2 * config.data.num_channels / 2**20
+        if size_mb <= config.data.get("cache_mb", 0):
+            source = _CACHED[key] = CachedSource(source)
+    return source
 
 
 def num_examples(config, split: str) -> int:
