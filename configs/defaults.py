@@ -40,6 +40,13 @@ def get_default_configs() -> ml_collections.ConfigDict:
     sampling.noise_removal = True
     sampling.probability_flow = False
     sampling.snr = 0.16
+    # project: probability-flow ODE tolerances (sampling.method = "ode"), the official 1e-5.
+    sampling.rtol = 1e-5
+    sampling.atol = 1e-5
+    # project: reverse-SDE solver for sampling.method = "sde": euler | heun | sra1.
+    sampling.sde_solver = "euler"
+    # project: its number of steps; None means the SDE's N (model.num_scales).
+    sampling.sde_steps = None
 
     config.eval = evaluate = ml_collections.ConfigDict()
     evaluate.begin_ckpt = 9
