@@ -1,4 +1,4 @@
-"""Data pipeline: digits, toy mixture, shuffling, epochs, host sharding, flips, prefetch, scaling."""
+"""Data pipeline: digits, toy mixture, shuffling, epochs, host shards, flips, prefetch, scaling."""
 
 import jax
 import ml_collections
