@@ -152,7 +152,7 @@ def get_dataset(
     start_step: int = 0,
     process_index: int | None = None,
     process_count: int | None = None,
-    prefetch: int = 4,
+    prefetch: int = 16,
 ) -> Dataset:
     """This host's batches of `split`: {"image": [B_local, ...], "label": int32 [B_local]}.
 
@@ -161,7 +161,8 @@ def get_dataset(
     config.data.random_flip. num_epochs=None repeats forever; start_step skips to global batch
     number start_step (resume). With drop_remainder=False each batch also has "mask" bool
     [B_local] (False on the zero rows that pad the last batch). process_index/process_count
-    default to jax's; prefetch is the number of batches prepared ahead on a background thread.
+    default to jax's; prefetch is the number of batches prepared ahead on a background thread
+    (keep it above training.n_jitted_steps: a training call takes that many batches at once).
     """
     if process_index is None or process_count is None:
         import jax

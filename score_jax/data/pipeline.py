@@ -204,7 +204,7 @@ class Dataset:
     random_flip: bool
     num_epochs: int | None = None
     start_step: int = 0
-    prefetch: int = 4
+    prefetch: int = 16
 
     @property
     def num_examples(self) -> int:
