@@ -1,0 +1,202 @@
+"""The DDPM score network of Ho et al. (2020), as in the official score_sde code; NHWC Flax Linen.
+
+A U-Net of ResNet blocks with GroupNorm(32 groups), self-attention at the resolutions in
+`model.attn_resolutions`, and a sinusoidal embedding of the (float) noise label. Unlike
+NCSN++/DDPM++ the blocks never rescale their skip sums.
+
+Submodule names describe the place in the U-Net (`down_1_block_0`, `mid_attn`, ...);
+`module_names(config)` lists them in the order of the official `all_modules` list, which is what
+the checkpoint converter needs. Inside a block the official names are kept (`GroupNorm_0`,
+`Conv_0`, `Dense_0`, `NIN_0`, ...).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from score_jax.models.layers import (
+    NIN,
+    Downsample,
+    Upsample,
+    conv3x3,
+    dense,
+    get_act,
+    get_timestep_embedding,
+    group_norm,
+)
+
+COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+# DDPM's layers fix the GroupNorm groups (NCSN++ uses min(C // 4, 32) instead).
+DDPM_GROUPS = 32
+
+
+def compute_dtype(config: ml_collections.ConfigDict) -> jnp.dtype:
+    """Compute dtype from config.model.dtype ('float32' default); parameters stay float32."""
+    name = str(config.model.get("dtype", "float32"))
+    if name not in COMPUTE_DTYPES:
+        raise ValueError(
+            f"config.model.dtype must be one of {sorted(COMPUTE_DTYPES)}, found {name!r}."
+        )
+    return COMPUTE_DTYPES[name]
+
+
+def sigma_table(config: ml_collections.ConfigDict) -> np.ndarray:
+    """The SMLD noise levels, geometric from sigma_max down to sigma_min (num_scales of them)."""
+    m = config.model
+    return np.exp(np.linspace(np.log(m.sigma_max), np.log(m.sigma_min), m.num_scales))
+
+
+def divide_by_sigma(
+    h: jax.Array, labels: jax.Array, config: ml_collections.ConfigDict
+) -> jax.Array:
+    """h / sigmas[labels], the official scale_by_sigma for integer (discrete SMLD) labels."""
+    sigmas = jnp.asarray(sigma_table(config), dtype=jnp.float32)
+    index = labels if jnp.issubdtype(labels.dtype, jnp.integer) else labels.astype(jnp.int32)
+    return h / sigmas[index][:, None, None, None]
+
+
+def attention_f32_logits(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
+    """Softmax attention of every pixel over all H*W pixels; q, k, v [B, H, W, C].
+
+    The logits are accumulated and kept in float32 even for bfloat16 inputs: rounding them to
+    bfloat16 alone doubles the bfloat16-vs-float32 output error of the network.
+    """
+    b, height, width, c = q.shape
+    q2, k2, v2 = (t.reshape(b, height * width, c) for t in (q, k, v))
+    logits = jnp.einsum("bqc,bkc->bqk", q2, k2, preferred_element_type=jnp.float32)
+    weights = jax.nn.softmax(logits * (c**-0.5), axis=-1).astype(v.dtype)
+    return jnp.einsum("bqk,bkc->bqc", weights, v2).reshape(b, height, width, c)
+
+
+class ResnetBlockDDPM(nn.Module):
+    """GN-act-conv, + Dense(act(temb)), GN-act-dropout-conv(zero init), + NIN shortcut if needed."""
+
+    out_ch: int
+    act: Callable[[jax.Array], jax.Array]
+    dropout: float
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, temb: jax.Array | None, train: bool) -> jax.Array:
+        in_ch, out_ch, dt = x.shape[-1], self.out_ch, self.dtype
+        h = self.act(group_norm(in_ch, DDPM_GROUPS, dt, name="GroupNorm_0")(x))
+        h = conv3x3(out_ch, dtype=dt, name="Conv_0")(h)
+        if temb is not None:
+            h = h + dense(out_ch, dt, name="Dense_0")(self.act(temb))[:, None, None, :]
+        h = self.act(group_norm(out_ch, DDPM_GROUPS, dt, name="GroupNorm_1")(h))
+        h = nn.Dropout(self.dropout, deterministic=not train)(h)
+        h = conv3x3(out_ch, init_scale=0.0, dtype=dt, name="Conv_1")(h)
+        if in_ch != out_ch:
+            x = NIN(out_ch, dtype=dt, name="NIN_0")(x)
+        return x + h
+
+
+class AttnBlock(nn.Module):
+    """x + NIN_3(softmax attention over all H*W pixels of NIN q, k, v of GroupNorm(32)(x))."""
+
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        c, dt = x.shape[-1], self.dtype
+        h = group_norm(c, DDPM_GROUPS, dt, name="GroupNorm_0")(x)
+        q, k, v = (NIN(c, dtype=dt, name=f"NIN_{i}")(h) for i in range(3))
+        return x + NIN(c, init_scale=0.0, dtype=dt, name="NIN_3")(attention_f32_logits(q, k, v))
+
+
+def module_names(config: ml_collections.ConfigDict) -> list[str]:
+    """Our top-level submodule names in the order of the official DDPM `all_modules` list."""
+    m = config.model
+    num_levels = len(m.ch_mult)
+    resolutions = [config.data.image_size // 2**i for i in range(num_levels)]
+    names = ["temb_dense_0", "temb_dense_1"] if m.conditional else []
+    names.append("conv_in")
+    for level in range(num_levels):
+        for block in range(m.num_res_blocks):
+            names.append(f"down_{level}_block_{block}")
+            if resolutions[level] in m.attn_resolutions:
+                names.append(f"down_{level}_attn_{block}")
+        if level != num_levels - 1:
+            names.append(f"down_{level}_downsample")
+    names += ["mid_block_0", "mid_attn", "mid_block_1"]
+    for level in reversed(range(num_levels)):
+        names += [f"up_{level}_block_{block}" for block in range(m.num_res_blocks + 1)]
+        if resolutions[level] in m.attn_resolutions:
+            names.append(f"up_{level}_attn")
+        if level != 0:
+            names.append(f"up_{level}_upsample")
+    return names + ["norm_out", "conv_out"]
+
+
+class DDPM(nn.Module):
+    """DDPM U-Net: (x [B, H, W, C], labels [B]) -> output [B, H, W, C] (float32).
+
+    Labels are the float time labels of the VP configs (t * 999), or SMLD indices when
+    model.scale_by_sigma divides the output by sigmas[labels] (VE configs).
+    """
+
+    config: ml_collections.ConfigDict
+
+    @nn.compact
+    def __call__(self, x: jax.Array, labels: jax.Array, train: bool = False) -> jax.Array:
+        config = self.config
+        m = config.model
+        act = get_act(config)
+        dtype = compute_dtype(config)
+        nf, num_levels = m.nf, len(m.ch_mult)
+
+        def resnet(out_ch: int, name: str) -> ResnetBlockDDPM:
+            return ResnetBlockDDPM(out_ch, act, m.dropout, dtype, name=name)
+
+        temb = None
+        if m.conditional:
+            temb = get_timestep_embedding(labels, nf)
+            temb = dense(4 * nf, dtype, name="temb_dense_0")(temb)
+            temb = dense(4 * nf, dtype, name="temb_dense_1")(act(temb))
+
+        h = x if config.data.centered else 2 * x - 1.0
+        hs = [conv3x3(nf, dtype=dtype, name="conv_in")(h.astype(dtype))]
+        for level in range(num_levels):
+            for block in range(m.num_res_blocks):
+                h = resnet(nf * m.ch_mult[level], f"down_{level}_block_{block}")(
+                    hs[-1], temb, train
+                )
+                if h.shape[2] in m.attn_resolutions:
+                    h = AttnBlock(dtype, name=f"down_{level}_attn_{block}")(h)
+                hs.append(h)
+            if level != num_levels - 1:
+                name = f"down_{level}_downsample"
+                down = Downsample(with_conv=m.resamp_with_conv, dtype=dtype, name=name)
+                hs.append(down(hs[-1]))
+
+        h = hs[-1]
+        h = resnet(h.shape[-1], "mid_block_0")(h, temb, train)
+        h = AttnBlock(dtype, name="mid_attn")(h)
+        h = resnet(h.shape[-1], "mid_block_1")(h, temb, train)
+
+        for level in reversed(range(num_levels)):
+            for block in range(m.num_res_blocks + 1):
+                skip = hs.pop()
+                h = resnet(nf * m.ch_mult[level], f"up_{level}_block_{block}")(
+                    jnp.concatenate([h, skip], axis=-1), temb, train
+                )
+            if h.shape[2] in m.attn_resolutions:
+                h = AttnBlock(dtype, name=f"up_{level}_attn")(h)
+            if level != 0:
+                up = Upsample(
+                    with_conv=m.resamp_with_conv, dtype=dtype, name=f"up_{level}_upsample"
+                )
+                h = up(h)
+
+        h = act(group_norm(h.shape[-1], DDPM_GROUPS, dtype, name="norm_out")(h))
+        out = conv3x3(config.data.num_channels, init_scale=0.0, dtype=dtype, name="conv_out")(h)
+        h = out.astype(jnp.float32)
+        if m.scale_by_sigma:
+            h = divide_by_sigma(h, labels, config)
+        return h
