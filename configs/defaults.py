@@ -57,6 +57,10 @@ def get_default_configs() -> ml_collections.ConfigDict:
     evaluate.enable_loss = True
     evaluate.enable_bpd = False
     evaluate.bpd_dataset = "test"
+    # project: passes over the bpd split with fresh dequantization noise (official: 5).
+    evaluate.bpd_repeats = 5
+    # project: divergence estimator of the bpd evaluation: rademacher | gaussian | exact.
+    evaluate.bpd_hutchinson = "rademacher"
     # project: .npz of reference Inception statistics ('' = the default file for the dataset).
     evaluate.fid_stats = ""
     # project: converted FID-Inception weights ('' = the default location).
