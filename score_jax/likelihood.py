@@ -106,10 +106,6 @@ def draw_probes(key: jax.Array, hutchinson: str, shape: Sequence[int], num_probe
     raise ValueError(f"probes exist only for 'rademacher' and 'gaussian', got {hutchinson!r}")
 
 
-@functools.partial(
-    jax.jit,
-    static_argnames=("score_fn", "sde", "exact", "rtol", "atol", "eps", "max_steps"),
-)
 def _solve(x, probes, *, score_fn, sde, exact, rtol, atol, eps, max_steps):
     field = _field(score_fn, sde, exact)
     solution = diffrax.diffeqsolve(
@@ -128,6 +124,10 @@ def _solve(x, probes, *, score_fn, sde, exact, rtol, atol, eps, max_steps):
     delta_logp = solution.ys[1][0]
     nfe = rk45.count_evaluations(solution.stats["num_steps"])
     return sde.prior_logp(z) + delta_logp, z, nfe
+
+
+_STATIC = ("score_fn", "sde", "exact", "rtol", "atol", "eps", "max_steps")
+_solve_jit = jax.jit(_solve, static_argnames=_STATIC)
 
 
 def log_likelihood(
@@ -176,7 +176,10 @@ def log_likelihood(
                 f"noise must have shape {x.shape} or [num_probes, *{x.shape}], got "
                 f"{jnp.shape(noise)} with num_probes={num_probes}"
             )
-    return _solve(
+    # Called inside the caller's jit (score_fn closing over traced parameters), the solve simply
+    # joins that program; called eagerly, it is compiled once per static configuration.
+    inside_trace = any(isinstance(a, jax.core.Tracer) for a in (x, probes))
+    return (_solve if inside_trace else _solve_jit)(
         x,
         probes,
         score_fn=score_fn,
