@@ -64,10 +64,11 @@ def test_four_devices_equal_one_device():
     state1, losses1 = run_steps(config, parallel.make_mesh(jax.devices()[:1]), batches)
     assert int(state4.step) == int(state1.step) == 6
     # Only the summation order of the batch mean differs (float32 roundoff ~1e-7 relative);
-    # after 6 Adam steps of lr 0.01 differences stay far below 1e-5.
+    # Adam can amplify it where a gradient entry is near 0 (measured max 4.5e-7 here); atol
+    # 5e-5 is 0.5% of one step of lr 0.01, while a wrong shard or pmean moves entries ~1e-3.
     np.testing.assert_allclose(losses4, losses1, rtol=1e-5)
     for a, b in zip(jax.tree.leaves(state4), jax.tree.leaves(state1), strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=5e-5)
     # The run moved the parameters (so equality is not vacuous).
     assert not np.allclose(
         state4.params["Dense_0"]["kernel"], state4.ema_params["Dense_0"]["kernel"]
