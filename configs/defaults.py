@@ -31,6 +31,10 @@ def get_default_configs() -> ml_collections.ConfigDict:
     # project: 'fixed' is the official JAX EMA (ema = r*ema + (1-r)*p); 'warmup' is the
     # PyTorch rule with rate min(r, (1+n)/(10+n)).
     training.ema_rule = "fixed"
+    # project: checkpoints kept besides every snapshot_freq-th one (the latest N).
+    training.keep_checkpoints = 2
+    # project: after the last step, write a sample grid, the test bits/dim and a Gaussian baseline.
+    training.final_report = False
 
     config.sampling = sampling = ml_collections.ConfigDict()
     sampling.method = "pc"
