@@ -43,11 +43,18 @@ def test_frechet_distance_closed_form_and_singular_covariances():
     m1, c1, m2, c2 = a.mean(0), np.cov(a, rowvar=False), b.mean(0), np.cov(b, rowvar=False)
     direct = ((m1 - m2) ** 2).sum() + np.trace(c1 + c2 - 2 * linalg.sqrtm(c1 @ c2).real)
     assert metrics.frechet_distance(m1, c1, m2, c2) == pytest.approx(direct, rel=1e-10)
-    # Fewer samples than dimensions: rank-deficient covariance, distance to itself is 0 up to
-    # sqrt of the ~1e-15 rounding in the null eigenvalues (scipy's sqrtm route: 1.8e-6 here).
-    few = rng.normal(size=(5, 32))
+    # Fewer samples than dimensions: rank-deficient covariances. With S1 = A^T A (A the centred
+    # rows / sqrt(n - 1)) and S2 = R^T R, tr (S1 S2)^(1/2) is the nuclear norm of A R^T exactly;
+    # an eigh/sqrtm route is off by ~1e-4 here (sqrt of the rounding in 60 null eigenvalues).
+    few, many = rng.normal(size=(5, 64)), rng.normal(size=(300, 64)) * 0.8 + 0.1
+    a = (few - few.mean(0)) / 2.0
+    m2, s2 = many.mean(0), np.cov(many, rowvar=False)
+    nuclear = np.linalg.svd(a @ np.linalg.cholesky(s2), compute_uv=False).sum()
+    exact = ((few.mean(0) - m2) ** 2).sum() + np.trace(a.T @ a) + np.trace(s2) - 2 * nuclear
+    value = metrics.frechet_distance(few.mean(0), np.cov(few, rowvar=False), m2, s2)
+    assert value == pytest.approx(exact, rel=1e-12)
     mu, sigma = few.mean(0), np.cov(few, rowvar=False)
-    assert abs(metrics.frechet_distance(mu, sigma, mu, sigma)) < 1e-6 * np.trace(sigma)
+    assert abs(metrics.frechet_distance(mu, sigma, mu, sigma)) < 1e-12 * np.trace(sigma)
 
 
 def test_frechet_distance_rejects_mismatched_dimensions():

@@ -13,6 +13,7 @@ mechanical.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import Any
 
@@ -225,6 +226,7 @@ class FIDInception(nn.Module):
         return pool3, self.fc(pool3)
 
 
+@functools.cache
 def _trace() -> tuple[dict[str, Any], list[str]]:
     """FIDInception's variable shapes and its BasicConv paths in call order, without computing.
 

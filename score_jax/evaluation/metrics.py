@@ -11,6 +11,7 @@ import dataclasses
 
 import numpy as np
 from scipy import special
+from scipy.linalg import lapack
 
 # KID defaults of Binkowski et al. (2018): 100 subsets of 1000 samples from each set.
 KID_NUM_SUBSETS = 100
@@ -27,18 +28,27 @@ def _check_gaussian(mu: np.ndarray, sigma: np.ndarray, which: str) -> None:
         )
 
 
-def _sqrt_psd(matrix: np.ndarray) -> np.ndarray:
-    """Symmetric square root of a symmetric positive semi-definite matrix."""
-    values, vectors = np.linalg.eigh(matrix)
-    return (vectors * np.sqrt(np.clip(values, 0.0, None))) @ vectors.T
+def _psd_factor(matrix: np.ndarray) -> np.ndarray:
+    """R [r, D] with R^T R = matrix, r its numerical rank (pivoted Cholesky, LAPACK dpstrf).
+
+    Directions with variance below LAPACK's default tolerance (D * eps * max diagonal) are
+    dropped, which also removes the tiny negative eigenvalues rounding leaves in a covariance.
+    """
+    packed, pivots, rank, info = lapack.dpstrf(matrix, lower=0)
+    if info < 0:
+        raise ValueError(f"Covariance factorisation failed (LAPACK dpstrf info={info}).")
+    factor = np.empty((rank, matrix.shape[0]))
+    factor[:, pivots - 1] = np.triu(packed)[:rank]  # undo the pivoting (pivots are 1-based)
+    return factor
 
 
 def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
     """||mu1 - mu2||^2 + tr(S1 + S2 - 2 (S1 S2)^(1/2)), in float64.
 
-    tr (S1 S2)^(1/2) is computed as the sum of square roots of the eigenvalues of the symmetric
-    matrix S1^(1/2) S2 S1^(1/2) (same spectrum as S1 S2), which needs no complex-valued sqrtm
-    and no diagonal-offset fallback for singular covariances.
+    With S1 = R1^T R1 and S2 = R2^T R2, the eigenvalues of S1 S2 are the squared singular values
+    of R1 R2^T, so tr (S1 S2)^(1/2) is the sum of those singular values. This needs no
+    complex-valued sqrtm and no diagonal-offset fallback, handles singular covariances (fewer
+    samples than dimensions) and costs two Cholesky factorisations and one SVD.
     """
     mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
     sigma1, sigma2 = np.asarray(sigma1, np.float64), np.asarray(sigma2, np.float64)
@@ -46,10 +56,9 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
     _check_gaussian(mu2, sigma2, "2")
     if mu1.shape != mu2.shape:
         raise ValueError(f"FID statistics differ in dimension: {mu1.shape} vs {mu2.shape}.")
-    root1 = _sqrt_psd((sigma1 + sigma1.T) / 2)
-    middle = root1 @ sigma2 @ root1
-    eigenvalues = np.linalg.eigvalsh((middle + middle.T) / 2)
-    trace_sqrt = np.sqrt(np.clip(eigenvalues, 0.0, None)).sum()
+    factor1 = _psd_factor((sigma1 + sigma1.T) / 2)
+    factor2 = _psd_factor((sigma2 + sigma2.T) / 2)
+    trace_sqrt = np.linalg.svd(factor1 @ factor2.T, compute_uv=False).sum()
     diff = mu1 - mu2
     return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * trace_sqrt)
 
