@@ -16,6 +16,9 @@ highest posterior; with the mixture below (components >= 3.4 apart, stds <= 0.4)
 
 from __future__ import annotations
 
+import functools
+
+import jax
 import jax.numpy as jnp
 import numpy as np
 import numpy.typing
@@ -30,6 +33,35 @@ MIXTURE = GaussianMixture(
 NUM_SAMPLES = 2000
 TWO_SAMPLE_SIZE = 1000
 PERMUTATIONS = 199
+
+
+@functools.cache
+def exact_score(sde):
+    """One exact score_fn object per SDE, so that compiled samplers are shared between tests."""
+    return MIXTURE.score_fn(sde)
+
+
+# Python-side tallies of counted_score: 'traces' grows when a sampler is traced (compiled), 'runs'
+# once per score evaluation at run time (through a host callback).
+COUNTER = {"traces": 0, "runs": 0}
+
+
+def _count_run():
+    COUNTER["runs"] += 1
+
+
+@functools.cache
+def counted_score(sde):
+    """The exact score of MIXTURE under sde, counting its traces and evaluations in COUNTER.
+    (Not for sharded programs, where the callback would run once per device.)"""
+    score = exact_score(sde)
+
+    def score_fn(x, t):
+        COUNTER["traces"] += 1
+        jax.debug.callback(_count_run)
+        return score(x, t)
+
+    return score_fn
 
 
 def energy_distance_pvalue(x: np.ndarray, y: np.ndarray, permutations: int, seed: int) -> float:
