@@ -19,6 +19,7 @@ from score_jax.likelihood import (
     bpd_offset,
     check_unit_range,
     dequantize,
+    likelihood_cost_breakdown,
     log_likelihood,
 )
 from score_jax.sde import VESDE, VPSDE
@@ -113,8 +114,9 @@ def test_exact_trace_on_own_mixture_matches_closed_form(own, name, tol):
     mismatch = gm.perturbed(sde, sde.T).log_prob(z) - sde.prior_logp(z)
     truth = gm.perturbed(sde, EPS).log_prob(x)
     np.testing.assert_allclose(np.asarray(nats) + mismatch, truth, rtol=0, atol=tol)
-    # The mismatch is small but real: measured max 2e-4 nats (VP) and 1e-3 (VE) here.
-    assert float(jnp.max(jnp.abs(mismatch))) < 1e-2
+    # The mismatch is real and larger than the fixture's: measured max 2.8e-3 nats (VP) and
+    # 8.0e-3 (VE) here, against 8e-5 / 2.3e-4 of error left after adding it back.
+    assert 1e-4 < float(jnp.max(jnp.abs(mismatch))) < 2e-2
 
 
 def test_rademacher_estimate_is_unbiased(own):
@@ -132,31 +134,9 @@ def test_rademacher_estimate_is_unbiased(own):
     assert np.all(np.abs(mean - np.asarray(exact)) < 3 * sem), (mean, exact, sem)
 
 
-def test_bits_per_dim_of_known_density():
-    # 8-bit-like data in [0, 1]: N(0.5, 0.05^2) per dimension (mass outside [0, 1] ~ 1e-23).
-    dim, sde = 3, SDES["vp"]
-    gm = GaussianMixture(jnp.full((1, dim), 0.5), jnp.array([0.05]), jnp.ones(1))
-    x = gm.sample(jax.random.key(11), 48)
-    nats, z, _ = log_likelihood(jax.random.key(0), gm.score_fn(sde), sde, x, "exact")
-    # Replace the N(0, I) prior by the true p_T: the data mean 0.5 survives as a(T) * 0.5 = 3e-3
-    # at T, worth ~1e-2 nats.
-    nats = nats + gm.perturbed(sde, sde.T).log_prob(z) - sde.prior_logp(z)
-    bpd = np.asarray(bits_per_dim(nats, x.shape, bpd_offset(lambda v: v)))
-    # Pointwise: -log2 p_eps(x) / D + 8; 1e-3 nats of solver error is < 1e-3 bits/dim at D = 3.
-    analytic = -np.asarray(gm.perturbed(sde, EPS).log_prob(x)) / math.log(2) / dim + 8
-    np.testing.assert_allclose(bpd, analytic, rtol=0, atol=1e-3)
-    # On average: the differential entropy 0.5 log2(2 pi e s^2) + 8 = 4.73 bits/dim.
-    expected = 0.5 * math.log2(2 * math.pi * math.e * 0.05**2) + 8
-    assert abs(bpd.mean() - expected) < 3 * bpd.std(ddof=1) / math.sqrt(bpd.size)
-    # The same data centred to [-1, 1] have density 2^-D times smaller, and offset 7 gives the
-    # same bits/dim: the number describes the 8-bit data, not the scaling.
-    centred_nats = nats - dim * math.log(2)
-    np.testing.assert_allclose(
-        bits_per_dim(centred_nats, x.shape, bpd_offset(lambda v: (v + 1) / 2)), bpd, atol=1e-5
-    )
-
-
 def test_offset_convention():
+    # (bits/dim of sampled data against its closed form, through dequantization and the ODE,
+    # is in test_likelihood_cli.py.)
     assert bpd_offset(lambda v: v) == 8.0  # data in [0, 1]
     assert bpd_offset(lambda v: (v + 1) / 2) == 7.0  # data centred to [-1, 1]
     # Uniform 8-bit data costs exactly 8 bits/dim; its dequantized density is 1 on [0, 1]^D and
@@ -221,6 +201,16 @@ def test_reported_nfe_counts_evaluations_and_no_retrace():
     second, _, _ = log_likelihood(jax.random.key(2), score_fn, sde, x + 0.5)
     assert len(traces) == n_traces  # same shapes and score_fn: the compiled solve is reused
     assert not np.allclose(first, second)
+
+
+def test_cost_breakdown_for_the_benchmark(own):
+    _, x, scores = own  # the exact-trace solve of this score and shape is compiled already
+    sde = SDES["vp"]
+    costs = likelihood_cost_breakdown(scores["vp"], sde, x, "exact", repeats=1)
+    _, _, nfe = log_likelihood(jax.random.key(1), scores["vp"], sde, x, "exact")
+    assert costs["nfe"] == int(nfe)
+    assert costs["solve_per_nfe_s"] == pytest.approx(costs["solve_s"] / costs["nfe"])
+    assert all(costs[k] > 0 for k in ("forward_s", "forward_vjp_s", "augmented_drift_s"))
 
 
 def test_dequantize_is_reproducible_and_in_the_bins():
