@@ -126,6 +126,25 @@ def test_parameter_count_equals_official():
     assert count_params(official_config("vp/ddpm/cifar10.py")) == official["trainable_params"]
 
 
+def test_unconditional_variant_has_no_time_embedding():
+    """model.conditional=False (a NameError in the official code) builds without any Dense."""
+    config = official_config("vp/ddpm/cifar10.py")
+    config.model.conditional = False
+    x = jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)
+    labels = jax.ShapeDtypeStruct((1,), jnp.float32)
+    shapes = jax.eval_shape(DDPM(config=config).init, jax.random.key(0), x, labels)
+    flat = traverse_util.flatten_dict(shapes["params"])
+    assert not [path for path in flat if "Dense_0" in path or "temb_dense_0" in path]
+    official = json.loads((REFERENCE / "params.json").read_text())["configs"]["vp/ddpm/cifar10"]
+    nf = config.model.nf
+    # Gone: the two time-MLP Linears (nf -> 4nf -> 4nf) and each ResBlock's Dense_0 (4nf -> C).
+    temb_mlp = (nf + 1) * 4 * nf + (4 * nf + 1) * 4 * nf
+    block_widths = [leaf.shape[0] for path, leaf in flat.items() if path[-2:] == ("Conv_1", "bias")]
+    assert len(block_widths) == 4 * 2 + 2 + 4 * 3  # down, middle and up ResBlocks
+    dense = sum((4 * nf + 1) * width for width in block_widths)
+    assert count_params(config) == official["trainable_params"] - temb_mlp - dense
+
+
 def random_params(model, config, seed: int) -> dict:
     """Parameters of the model's shapes drawn as N(0, 0.05^2) (norm scales 1 + that), no init."""
     size, channels = config.data.image_size, config.data.num_channels

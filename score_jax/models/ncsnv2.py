@@ -137,14 +137,12 @@ class ResidualBlock(nn.Module):
         h = self.act(InstanceNormPlus(name="normalize2")(h))
         if down and self.dilation is None:
             h = ConvMeanPool(self.out_ch, 3, dt, name="conv2")(h)
-            shortcut = ConvMeanPool(self.out_ch, 1, dt, name="shortcut")
-        else:
-            h = torch_default_conv(self.out_ch, 3, mid_ch, "conv2", dt, dilation=dil)(h)
-            kernel = 1 if self.dilation is None else 3
-            shortcut = torch_default_conv(self.out_ch, kernel, in_ch, "shortcut", dt, dilation=dil)
+            return ConvMeanPool(self.out_ch, 1, dt, name="shortcut")(x) + h
+        h = torch_default_conv(self.out_ch, 3, mid_ch, "conv2", dt, dilation=dil)(h)
         if in_ch == self.out_ch and not down:
             return x + h
-        return shortcut(x) + h
+        kernel = 1 if self.dilation is None else 3
+        return torch_default_conv(self.out_ch, kernel, in_ch, "shortcut", dt, dilation=dil)(x) + h
 
 
 class RCUBlock(nn.Module):
