@@ -93,6 +93,11 @@ def test_converter_names_every_bad_key(reference):
     assert "3 problems" in message
     for key in ("all_modules.3.Conv_0.weight", "all_modules.99.Conv_0.bias", "NIN_2/W"):
         assert key in message
+    # Where the output is divided by sigmas[labels] (VE configs) the buffer must fit the config.
+    config_ve = ml_collections.ConfigDict(config.to_dict())
+    config_ve.model.update(scale_by_sigma=True, num_scales=500)
+    with pytest.raises(ValueError, match="num_scales=500"):
+        ddpm_from_pytorch(state_dict, config_ve)
 
 
 def test_scale_by_sigma_divides_by_the_sigma_of_the_label_time(reference):

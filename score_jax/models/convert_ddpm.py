@@ -17,7 +17,7 @@ import ml_collections
 import numpy as np
 from flax import traverse_util
 
-from score_jax.models.ddpm import DDPM, module_names
+from score_jax.models.ddpm import DDPM, module_names, sigma_table
 
 Path = tuple[str, ...]
 
@@ -82,19 +82,34 @@ def nest_checked(
     return traverse_util.unflatten_dict(flat)
 
 
+def check_sigmas(sigmas: np.ndarray, config: ml_collections.ConfigDict) -> None:
+    """The checkpoint's noise levels must be the ones the config gives, or scores would be off."""
+    expected = sigma_table(config)
+    sigmas = np.asarray(sigmas, np.float64)
+    if sigmas.shape != expected.shape or not np.allclose(sigmas, expected, rtol=1e-5):
+        raise ValueError(
+            f"The checkpoint's 'sigmas' ({sigmas.shape[0]} levels, {sigmas[0]:.6g} .. "
+            f"{sigmas[-1]:.6g}) differ from the config's model.sigma_max={config.model.sigma_max}, "
+            f"sigma_min={config.model.sigma_min}, num_scales={config.model.num_scales}."
+        )
+
+
 def ddpm_from_pytorch(
     state_dict: Mapping[str, Any], config: ml_collections.ConfigDict
 ) -> dict[str, Any]:
     """{'params': ...} for `DDPM(config)` from an official DDPM state_dict (no 'module.' prefix).
 
     Keys are `all_modules.<i>.<submodule>.<leaf>`; index i follows `ddpm.module_names(config)`.
-    The `sigmas` buffer is recomputed from the config and ignored here.
+    The `sigmas` buffer must match the config where the output is divided by it
+    (model.scale_by_sigma); otherwise it is unused and ignored.
     """
     names = module_names(config)
     converted: dict[Path, tuple[str, np.ndarray]] = {}
     unexpected: list[str] = []
     for key, value in state_dict.items():
         if key == "sigmas":
+            if config.model.scale_by_sigma:
+                check_sigmas(np.asarray(value), config)
             continue
         parts = key.split(".")
         if (

@@ -14,8 +14,13 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from score_jax.models.convert_ddpm import Path, nest_checked, param_shapes, torch_leaf
-from score_jax.models.ddpm import sigma_table
+from score_jax.models.convert_ddpm import (
+    Path,
+    check_sigmas,
+    nest_checked,
+    param_shapes,
+    torch_leaf,
+)
 from score_jax.models.ncsnv2 import NCSNv2_64, NCSNv2_128, NCSNv2_256
 
 NCSNV2_MODELS = {"ncsnv2_64": NCSNv2_64, "ncsnv2_128": NCSNv2_128, "ncsnv2_256": NCSNv2_256}
@@ -30,18 +35,6 @@ def flax_path(torch_key: str) -> Path:
         else:
             path.append(part)
     return tuple(path)
-
-
-def check_sigmas(sigmas: np.ndarray, config: ml_collections.ConfigDict) -> None:
-    """The checkpoint's noise levels must be the ones the config gives, or scores would be off."""
-    expected = sigma_table(config)
-    sigmas = np.asarray(sigmas, np.float64)
-    if sigmas.shape != expected.shape or not np.allclose(sigmas, expected, rtol=1e-5):
-        raise ValueError(
-            f"The checkpoint's 'sigmas' ({sigmas.shape[0]} levels, {sigmas[0]:.6g} .. "
-            f"{sigmas[-1]:.6g}) differ from the config's model.sigma_max={config.model.sigma_max}, "
-            f"sigma_min={config.model.sigma_min}, num_scales={config.model.num_scales}."
-        )
 
 
 def ncsnv2_from_pytorch(
