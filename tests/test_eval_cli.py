@@ -84,3 +84,150 @@ def test_images_of_wrong_dtype_or_range_are_refused():
     with pytest.raises(ValueError, match="C = 1 or 3"):
         features.check_images(np.zeros((2, 8, 8, 4), np.float32))
     assert features.check_images(np.ones((1, 4, 4, 1))).dtype == np.float32
+
+
+# ---------------------------------------------------------------------------------------------
+# End to end: a random-init checkpoint on 8x8 digits, recipe Inception weights, the real CLI.
+
+_E2E_CONFIG = """
+from configs.defaults import get_default_configs, set_sde
+
+
+def get_config():
+    c = get_default_configs()
+    set_sde(c, "vpsde", continuous=True, reduce_mean=True)
+    c.training.snapshot_freq = 5
+    c.sampling.predictor = "euler_maruyama"
+    c.sampling.corrector = "none"
+    c.data.dataset = "npz"
+    c.data.path = {data!r}
+    c.data.image_size = 8
+    c.data.num_channels = 1
+    c.data.random_flip = False
+    c.model.name = "mlp"
+    c.model.nf = 32
+    c.model.num_res_blocks = 1
+    c.model.embedding_type = "positional"
+    c.model.dropout = 0.0
+    c.model.num_scales = 4  # 4 sampling steps: the network is random anyway
+    c.eval.begin_ckpt = 1
+    c.eval.end_ckpt = 1
+    c.eval.batch_size = 4
+    c.eval.num_samples = 6
+    c.eval.enable_sampling = True
+    c.eval.enable_loss = True
+    c.eval.enable_bpd = True
+    c.eval.bpd_repeats = 1
+    c.eval.inception_weights = {weights!r}
+    return c
+"""
+
+
+@pytest.fixture(scope="module")
+def e2e(tmp_path_factory, reference_dir):
+    """Config file, workdir with a random-init checkpoint at step 5 (ckpt 1), stats file."""
+    import importlib.util
+    import json
+
+    import jax
+    from conftest import REPO
+    from sklearn.datasets import load_digits
+
+    from score_jax.config import load_config
+    from score_jax.models import init_model
+    from score_jax.train.checkpoints import save_inference_checkpoint
+
+    root = tmp_path_factory.mktemp("e2e")
+    spec = importlib.util.spec_from_file_location(
+        "make_inception_weights", REPO / "scripts" / "make_inception_weights.py"
+    )
+    make_weights = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make_weights)
+    recipe = json.loads((reference_dir / "fid_inception.json").read_text())
+    np.savez(root / "inception.npz", **make_weights.recipe_state_dict(recipe))
+
+    digits = np.round(load_digits().images * 255 / 16).astype(np.uint8)[..., None]
+    np.savez(root / "digits.npz", images=digits[:12], test_images=digits[12:20])
+    config_path = root / "config.py"
+    config_path.write_text(
+        _E2E_CONFIG.format(data=str(root / "digits.npz"), weights=str(root / "inception.npz"))
+    )
+    config = load_config(config_path)
+    params = init_model(jax.random.PRNGKey(0), config)["params"]
+    save_inference_checkpoint(root / "work", 5, params)
+
+    stats_path = root / "digits_stats.npz"
+    assert cli.main(["fid-stats", "--config", str(config_path), "--out", str(stats_path)]) == 0
+    return {"root": root, "config": config_path, "stats": stats_path, "cfg": config}
+
+
+def _eval(e2e, folder):
+    argv = ["eval", "--config", str(e2e["config"]), "--workdir", str(e2e["root"] / "work")]
+    return cli.main([*argv, "--eval_folder", folder, f"--config.eval.fid_stats={e2e['stats']}"])
+
+
+def test_fid_stats_file_matches_its_images(e2e):
+    """The stats equal np.mean / np.cov of the extracted features of all 12 train digits."""
+    from score_jax.evaluation.features import FeatureExtractor
+    from score_jax.evaluation.weights import load_inception_variables
+
+    saved = stats.load_stats(e2e["stats"])
+    with np.load(e2e["root"] / "digits.npz") as data:
+        images = data["images"].astype(np.float32) / 255.0
+    extractor = FeatureExtractor(load_inception_variables(e2e["cfg"]), batch_size=4)
+    pool3, _ = extractor(images)
+    assert saved["pool_3"].shape == (12, 2048)
+    np.testing.assert_array_equal(saved["pool_3"], pool3)
+    np.testing.assert_allclose(saved["mu"], pool3.mean(0, dtype=np.float64), rtol=1e-12)
+    cov = np.cov(pool3.astype(np.float64), rowvar=False)
+    np.testing.assert_allclose(saved["sigma"], cov, rtol=1e-9, atol=1e-15)
+
+
+def test_eval_end_to_end_and_resume_after_kill(e2e, monkeypatch, capsys):
+    import json
+
+    from score_jax.evaluation import metrics, run
+
+    assert _eval(e2e, "eval_once") == 0
+    once = json.loads((e2e["root"] / "work" / "eval_once" / "report_5.json").read_text())
+    assert "inception_score" in capsys.readouterr().out  # the summary table
+    for key in ("fid", "inception_score", "kid", "eval_loss", "bits_per_dim"):
+        assert np.isfinite(once[key]), key
+    # A random network on 8-bit data: many bits/dim, but a finite, positive number.
+    assert once["bits_per_dim"] > 0 and once["bpd_dataset"] == "test"
+    assert once["num_samples"] == 6 and once["ckpt"] == 1
+
+    # The reported FID is that of the saved features (6 of the 8 drawn) vs the stats file.
+    folder = e2e["root"] / "work" / "eval_once" / "ckpt_5"
+    pool = np.concatenate([np.load(folder / f"batch_{r}.npz")["pool_3"] for r in (0, 1)])[:6]
+    ref = stats.load_stats(e2e["stats"])
+    pool = pool.astype(np.float64)
+    fid = metrics.frechet_distance(
+        pool.mean(0), np.cov(pool, rowvar=False), ref["mu"], ref["sigma"]
+    )
+    assert once["fid"] == pytest.approx(fid, rel=1e-9)
+
+    # Kill after the first sample batch is saved, then restart: same numbers as one go.
+    real_save = run.save_npz_atomic
+    calls = []
+
+    def save_then_die(path, **arrays):
+        calls.append(path)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # what Ctrl-C or a preemption signal does mid-run
+        return real_save(path, **arrays)
+
+    monkeypatch.setattr(run, "save_npz_atomic", save_then_die)
+    with pytest.raises(SystemExit) as killed:
+        _eval(e2e, "eval_killed")
+    assert killed.value.code == 130
+    resumed_dir = e2e["root"] / "work" / "eval_killed"
+    assert (resumed_dir / "ckpt_5" / "batch_0.npz").is_file()
+    assert not (resumed_dir / "report_5.json").exists()
+    first_batch = (resumed_dir / "ckpt_5" / "batch_0.npz").stat().st_mtime_ns
+    monkeypatch.setattr(run, "save_npz_atomic", real_save)
+    assert _eval(e2e, "eval_killed") == 0
+    resumed = json.loads((resumed_dir / "report_5.json").read_text())
+    assert (resumed_dir / "ckpt_5" / "batch_0.npz").stat().st_mtime_ns == first_batch
+    once.pop("fid_stats"), resumed.pop("fid_stats")
+    assert resumed == once

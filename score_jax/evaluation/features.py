@@ -43,6 +43,16 @@ def check_images(images: Any) -> np.ndarray:
     return images.astype(np.float32)
 
 
+def _features(variables: Any, images: jax.Array) -> tuple[jax.Array, jax.Array]:
+    if images.shape[-1] == 1:  # grayscale: the same image in R, G and B
+        images = jnp.repeat(images, 3, axis=-1)
+    return FIDInception().apply(variables, images)
+
+
+# Module level, so every FeatureExtractor of the process shares one compiled program.
+_features_jit = jax.jit(_features)
+
+
 class FeatureExtractor:
     """Sharded, jitted FIDInception with a fixed chunk of `chunk_size` images per call."""
 
@@ -52,15 +62,6 @@ class FeatureExtractor:
         per_device = min(-(-batch_size // devices), MAX_IMAGES_PER_DEVICE)
         self.chunk_size = per_device * devices
         self.variables = parallel.replicate(variables, self.mesh)
-        model = FIDInception()
-
-        def features(variables, images):
-            if images.shape[-1] == 1:  # grayscale: the same image in R, G and B
-                images = jnp.repeat(images, 3, axis=-1)
-            return model.apply(variables, images)
-
-        out_sharding = parallel.data_sharding(self.mesh)
-        self._apply = jax.jit(features, out_shardings=(out_sharding, out_sharding))
 
     def __call__(self, images: Any) -> tuple[np.ndarray, np.ndarray]:
         """images [B, H, W, C] float in [0, 1] (this host's rows) -> (pool3, logits), numpy.
@@ -76,24 +77,18 @@ class FeatureExtractor:
             if rows < local_chunk:
                 pad = np.zeros((local_chunk - rows, *chunk.shape[1:]), chunk.dtype)
                 chunk = np.concatenate([chunk, pad])
-            pool, logit = self._apply(
-                self.variables, parallel.host_batch_to_global(chunk, self.mesh)
-            )
-            pools.append(_host_rows(pool, rows))
-            logits.append(_host_rows(logit, rows))
+            batch = parallel.host_batch_to_global(chunk, self.mesh)
+            pool, logit = _features_jit(self.variables, batch)
+            first = jax.process_index() * local_chunk  # this host's rows of the global batch
+            pools.append(gather_hosts(pool)[first : first + rows])
+            logits.append(gather_hosts(logit)[first : first + rows])
         return np.concatenate(pools), np.concatenate(logits)
 
 
-def gather_hosts(rows: np.ndarray) -> np.ndarray:
-    """Every host's rows concatenated in process order (the rows themselves on one host)."""
+def gather_hosts(array) -> np.ndarray:
+    """A global (or host-local) array as numpy, every host's rows in process order."""
     if jax.process_count() == 1:
-        return rows
+        return np.asarray(array)
     from jax.experimental import multihost_utils
 
-    return np.asarray(multihost_utils.process_allgather(rows, tiled=True))
-
-
-def _host_rows(array: jax.Array, rows: int) -> np.ndarray:
-    """This host's first `rows` rows of a batch-sharded global array."""
-    shards = sorted(array.addressable_shards, key=lambda s: s.index[0].start or 0)
-    return np.concatenate([np.asarray(s.data) for s in shards])[:rows]
+    return np.asarray(multihost_utils.process_allgather(array, tiled=True))
