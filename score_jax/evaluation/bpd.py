@@ -114,7 +114,8 @@ def dataset_bpd(
     results are written there and read back instead of recomputed on a restart. check_range
     refuses float images outside [0, 1] (off for data that are not images, e.g. MIXTURE).
     `settings` (JSON-able) is stored in the folder; a restart with other settings is refused
-    rather than mixing results.
+    rather than mixing results. In multi-host runs the folder must be on storage that every
+    host sees (as the workdir's checkpoints), so that all hosts skip the same batches.
     """
     if not (isinstance(repeats, int) and repeats >= 1):
         raise ValueError(f"config.eval.bpd_repeats must be an integer >= 1, got {repeats!r}")
