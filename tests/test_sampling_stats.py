@@ -133,7 +133,7 @@ def mixture_failures(
 
 
 def test_exact_samples_pass():
-    for seed in range(3):
+    for seed in range(2):
         assert mixture_failures(exact_samples(MIXTURE, NUM_SAMPLES, 100 + seed), seed=seed) == []
 
 
