@@ -161,9 +161,10 @@ def e2e(tmp_path_factory, reference_dir):
     return {"root": root, "config": config_path, "stats": stats_path, "cfg": config}
 
 
-def _eval(e2e, folder):
+def _eval(e2e, folder, *overrides):
     argv = ["eval", "--config", str(e2e["config"]), "--workdir", str(e2e["root"] / "work")]
-    return cli.main([*argv, "--eval_folder", folder, f"--config.eval.fid_stats={e2e['stats']}"])
+    argv += ["--eval_folder", folder, f"--config.eval.fid_stats={e2e['stats']}", *overrides]
+    return cli.main(argv)
 
 
 def test_fid_stats_file_matches_its_images(e2e):
@@ -231,3 +232,30 @@ def test_eval_end_to_end_and_resume_after_kill(e2e, monkeypatch, capsys):
     assert (resumed_dir / "ckpt_5" / "batch_0.npz").stat().st_mtime_ns == first_batch
     once.pop("fid_stats"), resumed.pop("fid_stats")
     assert resumed == once
+
+
+def test_sample_cli_writes_npz_and_grid_equal_to_eval_batches(e2e, tmp_path):
+    out = tmp_path / "samples.npz"
+    argv = ["sample", "--config", str(e2e["config"]), "--workdir", str(e2e["root"] / "work")]
+    assert cli.main([*argv, "--num", "5", "--out", str(out)]) == 0
+    with np.load(out) as data:
+        samples = data["samples"]
+    assert samples.dtype == np.uint8 and samples.shape == (5, 8, 8, 1)
+    assert out.with_suffix(".png").is_file()
+    # Same checkpoint, seed and batch size: the same draws as eval's first batches.
+    folder = e2e["root"] / "work" / "eval_once" / "ckpt_5"
+    if not folder.is_dir():
+        pytest.skip("runs after test_eval_end_to_end_and_resume_after_kill")
+    evaluated = np.concatenate([np.load(folder / f"batch_{r}.npz")["samples"] for r in (0, 1)])
+    np.testing.assert_array_equal(samples, evaluated[:5])
+
+
+def test_saved_batches_of_other_sampling_settings_are_refused(e2e, capsys):
+    folder = e2e["root"] / "work" / "eval_once"
+    if not (folder / "report_5.json").is_file():
+        pytest.skip("runs after test_eval_end_to_end_and_resume_after_kill")
+    (folder / "report_5.json").unlink()  # forces the checkpoint to be evaluated again
+    with pytest.raises(SystemExit) as failed:
+        _eval(e2e, "eval_once", "--config.sampling.predictor=reverse_diffusion")
+    assert failed.value.code == 1
+    assert "other settings (sampling changed)" in capsys.readouterr().err

@@ -84,7 +84,9 @@ def _eval_loss(config, params, step: int, mesh) -> dict:
                           num_epochs=1)  # fmt: skip
     key = jax.random.fold_in(jax.random.PRNGKey(config.seed + 1), step)
     losses = []
-    for i, batch in enumerate(tqdm(dataset, desc=f"loss {step}", unit="batch", leave=False)):
+    bar = tqdm(dataset, desc=f"loss {step}", unit="batch", leave=False,
+               disable=jax.process_index() > 0)  # fmt: skip
+    for i, batch in enumerate(bar):
         images = parallel.host_batch_to_global(batch["image"], mesh)
         losses.append(float(eval_step(params, images, jax.random.fold_in(key, i))))
     if not losses:
@@ -107,18 +109,45 @@ def _bits_per_dim(config, params, step: int, mesh, folder: Path) -> dict:
     }
 
 
+def _check_sampling_settings(config, folder: Path) -> None:
+    """Refuses to mix saved sample batches drawn with other settings into this evaluation."""
+    settings = {
+        "batch_size": config.eval.batch_size,
+        "seed": config.seed,
+        "sampling": config.sampling.to_dict(),
+        "sde": config.training.sde,
+        "num_scales": config.model.num_scales,
+        "image_size": config.data.image_size,
+    }
+    settings = json.loads(json.dumps(settings))  # as it reads back (tuples become lists)
+    path = folder / "sampling_settings.json"
+    if path.is_file():
+        stored = json.loads(path.read_text())
+        if stored != settings:
+            changed = sorted(k for k in settings if stored.get(k) != settings[k])
+            raise ValueError(
+                f"{folder} holds sample batches drawn with other settings ({', '.join(changed)}"
+                f" changed). Use another --eval_folder, or delete {folder} to start over."
+            )
+    else:
+        _write_json(path, settings)
+
+
 def _sample_batches(config, params, step, folder: Path, mesh, extractor) -> int:
     """Draws and featurises every missing batch file of this checkpoint; returns the count."""
     from score_jax.evaluation.sample import host_samples, make_batch_sampler, to_uint8
 
     batch_size, num = config.eval.batch_size, config.eval.num_samples
+    _check_sampling_settings(config, folder)
     rounds = -(-num // batch_size)
     missing = [r for r in range(rounds) if not (folder / f"batch_{r}.npz").is_file()]
     if missing:
         sample = make_batch_sampler(config, batch_size, mesh)
         key = jax.random.fold_in(jax.random.PRNGKey(config.seed), step)
-        for r in tqdm(missing, desc=f"samples {step}", unit="batch", leave=False,
-                      initial=rounds - len(missing), total=rounds):  # fmt: skip
+        bar = tqdm(missing, desc=f"samples {step}", unit="batch", leave=False,
+                   initial=rounds - len(missing), total=rounds,
+                   disable=jax.process_index() > 0)  # fmt: skip
+        for r in bar:
             x, _ = sample(params, jax.random.fold_in(key, r))
             images = to_uint8(host_samples(x))
             pool3, logits = extractor(images.astype(np.float32) / 255.0)
