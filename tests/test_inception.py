@@ -116,3 +116,18 @@ def test_from_pytorch_rejects_wrong_keys_and_shapes(recipe):
     prefixed["module.fc.bias"] = torch.from_numpy(recipe["fc.bias"])
     converted = inception.from_pytorch(prefixed)
     np.testing.assert_array_equal(converted["params"]["fc"]["bias"], recipe["fc.bias"])
+
+
+def test_pth_and_npz_weight_files_load_alike(recipe, variables, tmp_path, monkeypatch):
+    from score_jax.evaluation import weights
+
+    # A .pth as pytorch-fid ships it: torch tensors, num_batches_tracked buffers included.
+    state = {k: torch.from_numpy(v) for k, v in recipe.items()}
+    state["Conv2d_1a_3x3.bn.num_batches_tracked"] = torch.tensor(0)
+    torch.save(state, tmp_path / weights.WEIGHTS_FILENAME)
+    np.savez(tmp_path / "converted.npz", **recipe)
+    for name in (weights.WEIGHTS_FILENAME, "converted.npz"):
+        monkeypatch.setenv(weights.ENV_WEIGHTS, str(tmp_path / name))
+        loaded = weights.load_inception_variables(download=False)
+        for a, b in zip(jax.tree.leaves(loaded), jax.tree.leaves(variables), strict=True):
+            np.testing.assert_array_equal(a, b)
