@@ -178,6 +178,11 @@ def pc_sample(
     if not progress:
         return _pc_whole(key, shape=shape, denoise=bool(denoise), **options), nfe
 
+    if isinstance(key, jax.core.Tracer):
+        raise ValueError(
+            "pc_sample(progress=True) runs compiled chunks from Python and cannot be traced "
+            "inside jax.jit; use progress=False there."
+        )
     x, k_steps = _prior(key, shape=shape, sde=sde)
     chunk = math.ceil(sde.N / min(PROGRESS_CHUNKS, sde.N))
     masked = sde.N % chunk != 0

@@ -87,16 +87,19 @@ def _sde_sample(key, *, score_fn, sde, shape, solver, n_steps, eps, rtol, atol, 
         levy_area=diffrax.SpaceTimeLevyArea if needs_levy_area else diffrax.BrownianIncrement,
     )
     if rtol is None:
-        controller = diffrax.ConstantStepSize()
+        # Exactly n_steps steps on a fixed grid that ends at T - eps (no rounding remainder).
+        controller = diffrax.StepTo(ts=jnp.linspace(0.0, T - eps, n_steps + 1))
+        dt0 = None
     else:
         controller = diffrax.PIDController(rtol=rtol, atol=atol)
+        dt0 = ds
     terms = diffrax.MultiTerm(diffrax.ODETerm(drift), diffrax.ControlTerm(diffusion, brownian))
     solution = diffrax.diffeqsolve(
         terms,
         cls(),
         t0=0.0,
         t1=T - eps,
-        dt0=ds,
+        dt0=dt0,
         y0=x,
         stepsize_controller=controller,
         saveat=diffrax.SaveAt(t1=True),
@@ -126,7 +129,9 @@ def sde_sample(
 ) -> tuple[jax.Array, jax.Array]:
     """Samples x [shape] by solving the reverse SDE from T to eps with a diffrax solver (a name
     in SDE_SOLVERS). Fixed steps of (T - eps) / n_steps, or adaptive steps from that initial size
-    when rtol and atol are given. denoise adds a noise-free reverse-diffusion step at eps.
+    when rtol and atol are given (the Brownian tree resolves 1/16 of the initial step; smaller
+    adaptive steps see its Brownian-bridge interpolation, so pick n_steps accordingly).
+    denoise adds a noise-free reverse-diffusion step at eps.
     Returns (x, nfe), nfe the number of score evaluations (an int32 array)."""
     adaptive = rtol is not None or atol is not None
     check_sde_solver(solver, adaptive)
