@@ -204,14 +204,36 @@ def test_forward_backward_jit_at_official_topology():
     assert float(jnp.abs(out_a - out_b).max()) > 1e-3 * float(jnp.abs(out_a).max())
 
 
-def test_init_follows_official_scheme(reference):
-    """DDPM init: fan_avg uniform variance scaling, zero biases, ~0 output conv, Conv_1 and NIN_3.
-
-    On a one-level DDPM (every kind of layer, a fraction of the compile time of the full one).
-    """
-    config = ml_collections.ConfigDict(reference[0].to_dict())
+def tiny_config(reference_config) -> ml_collections.ConfigDict:
+    """A one-level DDPM on 8x8: every kind of layer, a fraction of the full compile time."""
+    config = ml_collections.ConfigDict(reference_config.to_dict())
     config.model.update(ch_mult=(1,), num_res_blocks=1, attn_resolutions=(8,))
     config.data.image_size = 8
+    return config
+
+
+def test_remat_traces_forward_and_backward_with_the_same_names(reference):
+    """model.remat recomputes blocks in the backward pass (jax.checkpoint: same numbers by
+    construction); it must trace with `train` static and keep every parameter path.
+    Traced with eval_shape, nothing compiled."""
+    config = tiny_config(reference[0])
+    config.model.remat = True
+    model = DDPM(config=config)
+    params = random_params(model, config, 5)
+    x = jax.ShapeDtypeStruct((2, 8, 8, 3), jnp.float32)
+    labels = jax.ShapeDtypeStruct((2,), jnp.float32)
+
+    def loss(p, x, labels):
+        out = model.apply({"params": p}, x, labels, train=True, rngs={"dropout": jax.random.key(0)})
+        return jnp.sum(out**2)
+
+    grads = jax.eval_shape(jax.grad(loss), params, x, labels)
+    assert jax.tree.map(lambda g: g.shape, grads) == jax.tree.map(np.shape, params)
+
+
+def test_init_follows_official_scheme(reference):
+    """DDPM init: fan_avg uniform variance scaling, zero biases, ~0 conv_out, Conv_1 and NIN_3."""
+    config = tiny_config(reference[0])
     x, labels = jnp.zeros((1, 8, 8, 3)), jnp.zeros((1,))
     variables = jit(DDPM(config=config).init)(jax.random.key(0), x, labels)
     params = traverse_util.flatten_dict(variables["params"])

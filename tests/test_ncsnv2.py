@@ -354,6 +354,21 @@ def test_forward_backward_jit(narrow):
     )
 
 
+def test_remat_traces_forward_and_backward_with_the_same_names(narrow):
+    """model.remat recomputes the ResidualBlocks in the backward pass (jax.checkpoint: same
+    numbers by construction) and keeps every parameter path. Traced with eval_shape only."""
+    config, variables, x, labels, _ = narrow
+    config = ml_collections.ConfigDict(config.to_dict())
+    config.model.remat = True
+    model = NCSNV2_MODELS["ncsnv2_64"](config=config)
+
+    def loss(params):
+        return jnp.sum(model.apply({"params": params}, x, labels, train=True) ** 2)
+
+    grads = jax.eval_shape(jax.grad(loss), variables["params"])
+    assert jax.tree.map(lambda g: g.shape, grads) == jax.tree.map(jnp.shape, variables["params"])
+
+
 class ResidualThenRefine(nn.Module):
     """A halving ResidualBlock then a two-input RefineBlock: every kind of NCSNv2 layer."""
 

@@ -151,8 +151,13 @@ class DDPM(nn.Module):
         dtype = compute_dtype(config)
         nf, num_levels = m.nf, len(m.ch_mult)
 
+        block_cls = ResnetBlockDDPM
+        if m.get("remat", False):
+            # Recompute each block in the backward pass (train is static); names are unchanged.
+            block_cls = nn.remat(ResnetBlockDDPM, static_argnums=(3,))
+
         def resnet(out_ch: int, name: str) -> ResnetBlockDDPM:
-            return ResnetBlockDDPM(out_ch, act, m.dropout, dtype, name=name)
+            return block_cls(out_ch, act, m.dropout, dtype, name=name)
 
         temb = None
         if m.conditional:

@@ -257,11 +257,13 @@ class NCSNv2(nn.Module):
         act, dt, nf = get_act(config), compute_dtype(config), config.model.nf
         h = x if config.data.centered else 2 * x - 1.0
         h = torch_default_conv(nf, 3, x.shape[-1], "begin_conv", dt)(h.astype(dt))
+        # model.remat recomputes each ResidualBlock in the backward pass; names are unchanged.
+        block_cls = nn.remat(ResidualBlock) if config.model.get("remat", False) else ResidualBlock
         levels = []
         for index, stage in enumerate(self.STAGES):
             for block in range(2):
                 resample = "down" if index > 0 and block == 0 else None
-                h = ResidualBlock(
+                h = block_cls(
                     stage.mult * nf, act, resample, stage.dilation, dt, name=f"{stage.name}_{block}"
                 )(h)
             levels.append(h)
