@@ -169,7 +169,8 @@ def test_parameter_count_equals_official():
     ("name", "image_size"), [("ncsnv2_64", 32), ("ncsnv2_128", 128), ("ncsnv2_256", 256)]
 )
 def test_converter_places_every_official_key(name, image_size):
-    """Every official key lands on exactly one of our parameters, in our layout, and back."""
+    """Each official key lands, in our layout, on its own one of our parameters, and every one of
+    our parameters gets a key."""
     config = ncsnv2_config(name, nf=4, image_size=image_size)
     keys = official_keys(name, nf=4)
     state = random_state_dict(keys, config, seed=1)
