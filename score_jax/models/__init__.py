@@ -14,12 +14,18 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from score_jax.models.ddpm import DDPM
 from score_jax.models.mlp import MLP, example_input_shape
 from score_jax.models.ncsnpp import NCSNpp
+from score_jax.models.ncsnv2 import NCSNv2_64, NCSNv2_128, NCSNv2_256
 from score_jax.models.score_fn import get_score_fn, network_score_fn, noise_labels, output_to_score
 
 MODELS: dict[str, type[nn.Module]] = {
     "ncsnpp": NCSNpp,
+    "ddpm": DDPM,
+    "ncsnv2_64": NCSNv2_64,
+    "ncsnv2_128": NCSNv2_128,
+    "ncsnv2_256": NCSNv2_256,
     "mlp": MLP,
 }
 

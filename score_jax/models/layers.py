@@ -9,6 +9,7 @@ weights map onto them by name.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -23,6 +24,12 @@ from score_jax.models import upfirdn
 Dtype = Any
 Initializer = Callable[..., jax.Array]
 _SQRT2 = np.sqrt(2.0)
+
+# Mixed precision: convolutions and matmuls take `dtype` operands (bfloat16 on accelerators) but
+# accumulate and return float32, so normalisation, residual sums and the time embedding stay in
+# float32. Casting only the operands keeps a whole network within ~1e-2 of float32.
+_conv_f32_out = functools.partial(jax.lax.conv_general_dilated, preferred_element_type=jnp.float32)
+_dot_f32_out = functools.partial(jax.lax.dot_general, preferred_element_type=jnp.float32)
 
 
 def default_init(scale: float = 1.0) -> Initializer:
@@ -60,6 +67,7 @@ def conv3x3(
         padding=padding,
         kernel_init=default_init(init_scale),
         dtype=dtype,
+        conv_general_dilated=_conv_f32_out,
         name=name,
     )
 
@@ -80,7 +88,9 @@ def conv1x1(
 
 def dense(features: int, dtype: Dtype = jnp.float32, name: str | None = None) -> nn.Dense:
     """Linear layer with DDPM initialisation and zero bias."""
-    return nn.Dense(features, kernel_init=default_init(), dtype=dtype, name=name)
+    return nn.Dense(
+        features, kernel_init=default_init(), dtype=dtype, dot_general=_dot_f32_out, name=name
+    )
 
 
 def group_norm(
@@ -91,11 +101,12 @@ def group_norm(
 ) -> nn.GroupNorm:
     """GroupNorm with eps 1e-6; groups default to NCSN++'s min(C // 4, 32).
 
-    Statistics are computed in float32 with the two-pass variance, like PyTorch.
+    Always float32 (two-pass variance, like PyTorch); `dtype` is accepted for a uniform API.
     """
+    del dtype
     groups = min(channels // 4, 32) if num_groups is None else num_groups
     return nn.GroupNorm(
-        num_groups=groups, epsilon=1e-6, use_fast_variance=False, dtype=dtype, name=name
+        num_groups=groups, epsilon=1e-6, use_fast_variance=False, dtype=jnp.float32, name=name
     )
 
 
@@ -110,8 +121,13 @@ class NIN(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         w = self.param("W", default_init(self.init_scale), (x.shape[-1], self.features))
         b = self.param("b", nn.initializers.zeros, (self.features,))
-        x = x.astype(self.dtype)
-        return jnp.einsum("...c,cd->...d", x, w.astype(self.dtype)) + b.astype(self.dtype)
+        y = jnp.einsum(
+            "...c,cd->...d",
+            x.astype(self.dtype),
+            w.astype(self.dtype),
+            preferred_element_type=jnp.float32,
+        )
+        return y + b
 
 
 def get_timestep_embedding(
@@ -167,13 +183,14 @@ class Combine(nn.Module):
         raise ValueError(f"progressive_combine must be 'cat' or 'sum', got {self.method!r}")
 
 
-def attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
-    """Softmax attention of every pixel over all H*W pixels; q, k, v [B, H, W, C]."""
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, dtype: Dtype = jnp.float32) -> jax.Array:
+    """Softmax attention of every pixel over all H*W pixels; q, k, v [B, H, W, C] -> float32."""
     b, h, w, c = q.shape
-    q2, k2, v2 = (t.reshape(b, h * w, c) for t in (q, k, v))
-    logits = jnp.einsum("bqc,bkc->bqk", q2, k2) * (c**-0.5)
-    weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(v.dtype)
-    return jnp.einsum("bqk,bkc->bqc", weights, v2).reshape(b, h, w, c)
+    q2, k2, v2 = (t.reshape(b, h * w, c).astype(dtype) for t in (q, k, v))
+    logits = jnp.einsum("bqc,bkc->bqk", q2, k2, preferred_element_type=jnp.float32) * (c**-0.5)
+    weights = jax.nn.softmax(logits, axis=-1).astype(dtype)
+    out = jnp.einsum("bqk,bkc->bqc", weights, v2, preferred_element_type=jnp.float32)
+    return out.reshape(b, h, w, c)
 
 
 class AttnBlockpp(nn.Module):
@@ -190,7 +207,7 @@ class AttnBlockpp(nn.Module):
         q = NIN(c, dtype=self.dtype, name="NIN_0")(h)
         k = NIN(c, dtype=self.dtype, name="NIN_1")(h)
         v = NIN(c, dtype=self.dtype, name="NIN_2")(h)
-        h = attention(q, k, v)
+        h = attention(q, k, v, self.dtype)
         h = NIN(c, init_scale=self.init_scale, dtype=self.dtype, name="NIN_3")(h)
         return (x + h) / _SQRT2 if self.skip_rescale else x + h
 
@@ -209,19 +226,16 @@ class FIRConv2d(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         shape = (self.kernel, self.kernel, x.shape[-1], self.features)
-        w = self.param("kernel", default_init(), shape).astype(self.dtype)
-        x = x.astype(self.dtype)
+        w = self.param("kernel", default_init(), shape)
         if self.up:
-            x = upfirdn.upsample_conv_2d(x, w, self.resample_kernel)
+            x = upfirdn.upsample_conv_2d(x, w, self.resample_kernel, dtype=self.dtype)
         elif self.down:
-            x = upfirdn.conv_downsample_2d(x, w, self.resample_kernel)
+            x = upfirdn.conv_downsample_2d(x, w, self.resample_kernel, dtype=self.dtype)
         else:
             pad = self.kernel // 2
-            x = jax.lax.conv_general_dilated(
-                x, w, (1, 1), ((pad, pad), (pad, pad)), dimension_numbers=upfirdn._NHWC
-            )
+            x = upfirdn.conv2d(x, w, 1, ((pad, pad), (pad, pad)), self.dtype)
         if self.use_bias:
-            x = x + self.param("bias", nn.initializers.zeros, (self.features,)).astype(self.dtype)
+            x = x + self.param("bias", nn.initializers.zeros, (self.features,))
         return x
 
 

@@ -113,7 +113,7 @@ class NCSNpp(nn.Module):
         if not config.data.centered:
             # The network sees [-1, 1] even when the data pipeline gives [0, 1].
             x = 2 * x - 1.0
-        x = x.astype(dtype)
+        x = x.astype(jnp.float32)
 
         # Downsampling path.
         input_pyramid = x if progressive_input != "none" else None

@@ -68,8 +68,26 @@ def downsample_2d(
     return upfirdn2d(x, kernel, down=factor, pad=((p + 1) // 2, p // 2))
 
 
+def conv2d(x: jax.Array, w: jax.Array, stride: int, padding, dtype=jnp.float32, dilation=1):
+    """NHWC x HWIO convolution with `dtype` operands and a float32 result."""
+    return lax.conv_general_dilated(
+        x.astype(dtype),
+        w.astype(dtype),
+        window_strides=(stride, stride),
+        padding=padding,
+        lhs_dilation=(dilation, dilation),
+        dimension_numbers=_NHWC,
+        preferred_element_type=jnp.float32,
+    )
+
+
 def upsample_conv_2d(
-    x: jax.Array, w: jax.Array, k: Sequence[float], factor: int = 2, gain: float = 1.0
+    x: jax.Array,
+    w: jax.Array,
+    k: Sequence[float],
+    factor: int = 2,
+    gain: float = 1.0,
+    dtype=jnp.float32,
 ) -> jax.Array:
     """Transposed conv (stride `factor`, weights w [kh, kw, in, out]) then FIR filtering.
 
@@ -79,28 +97,25 @@ def upsample_conv_2d(
     kernel = setup_kernel(k) * (gain * factor**2)
     p = (kernel.shape[0] - factor) - (conv - 1)
     # Stride-2 transposed conv = correlation of the zero-stuffed, (conv-1)-padded input.
-    y = lax.conv_general_dilated(
-        x,
-        w.astype(x.dtype),
-        window_strides=(1, 1),
-        padding=((conv - 1, conv - 1), (conv - 1, conv - 1)),
-        lhs_dilation=(factor, factor),
-        dimension_numbers=_NHWC,
-    )
+    pad = ((conv - 1, conv - 1), (conv - 1, conv - 1))
+    y = conv2d(x, w, 1, pad, dtype, dilation=factor)
     return upfirdn2d(y, kernel, pad=((p + 1) // 2 + factor - 1, p // 2 + 1))
 
 
 def conv_downsample_2d(
-    x: jax.Array, w: jax.Array, k: Sequence[float], factor: int = 2, gain: float = 1.0
+    x: jax.Array,
+    w: jax.Array,
+    k: Sequence[float],
+    factor: int = 2,
+    gain: float = 1.0,
+    dtype=jnp.float32,
 ) -> jax.Array:
     """FIR filtering then a strided VALID conv with w [kh, kw, in, out]."""
     conv = w.shape[0]
     kernel = setup_kernel(k) * gain
     p = (kernel.shape[0] - factor) + (conv - 1)
     x = upfirdn2d(x, kernel, pad=((p + 1) // 2, p // 2))
-    return lax.conv_general_dilated(
-        x, w.astype(x.dtype), (factor, factor), "VALID", dimension_numbers=_NHWC
-    )
+    return conv2d(x, w, factor, "VALID", dtype)
 
 
 def naive_upsample_2d(x: jax.Array, factor: int = 2) -> jax.Array:
