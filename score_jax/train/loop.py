@@ -142,7 +142,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> TrainState:
     model = get_model(config)
     optimizer = get_optimizer(config)
     state = _initial_state(config, mesh, optimizer)
-    keep = int(t.get("keep_checkpoints", checkpoints.DEFAULT_KEEP))
+    keep = int(t.keep_checkpoints)
     manager = checkpoints.make_manager(workdir, t.snapshot_freq, keep)
     restored = checkpoints.restore_state(manager, state, parallel.replicated(mesh))
     if restored is not None:
@@ -175,6 +175,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> TrainState:
         last_saved = int(jax.device_get(state.step.addressable_data(0)))
 
     step = start
+    started = time.perf_counter()
     try:
         with _StopSignal() as stop:
             for n, images in _train_stream(config, mesh, start):
@@ -224,10 +225,10 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> TrainState:
             step,
             checkpoints.checkpoint_dir(workdir),
         )
-    if t.get("final_report", False):
+    if t.final_report:
         from score_jax.train.report import final_report
 
-        final_report(config, workdir)
+        final_report(config, workdir, step, state.ema_params, time.perf_counter() - started)
     return state
 
 

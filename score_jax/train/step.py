@@ -103,23 +103,40 @@ def device_train_step(
     return step
 
 
+def _run_steps(one_step, state: TrainState, images: jax.Array, unroll: bool):
+    """Applies one_step to images[0], images[1], ... in one program; stacks the metrics."""
+    if not unroll:
+        return lax.scan(one_step, state, images)
+    metrics = []
+    for i in range(images.shape[0]):
+        state, step_metrics = one_step(state, images[i])
+        metrics.append(step_metrics)
+    return state, jax.tree.map(lambda *xs: jnp.stack(xs), *metrics)
+
+
 def make_train_step(
     config: ml_collections.ConfigDict,
     loss_fn: LossFn,
     optimizer: optax.GradientTransformation,
     mesh: Mesh,
+    unroll: bool | None = None,
 ) -> Callable[[TrainState, jax.Array], tuple[TrainState, StepMetrics]]:
     """jit(state, images [n_steps, B_global, ...]) -> (state, (losses, grad norms) [n_steps]).
 
-    `images` is sharded over "data" along axis 1; `state` is replicated and donated.
+    `images` is sharded over "data" along axis 1; `state` is replicated and donated. The steps
+    run through `lax.scan`, except on CPU (unroll=None) where they are unrolled: XLA:CPU runs
+    a convolutional network's step ~25x slower inside a scan (measured on the digits DDPM++,
+    0.25 s vs 7-10 s per step), while unrolling only costs compile time.
     """
     one_step = device_train_step(config, loss_fn, optimizer)
+    if unroll is None:
+        unroll = mesh.devices.flat[0].platform == "cpu"
 
-    def scanned(state, images):
-        return lax.scan(one_step, state, images)
+    def steps(state, images):
+        return _run_steps(one_step, state, images, unroll)
 
     mapped = jax.shard_map(
-        scanned, mesh=mesh, in_specs=(P(), P(None, DATA_AXIS)), out_specs=(P(), P())
+        steps, mesh=mesh, in_specs=(P(), P(None, DATA_AXIS)), out_specs=(P(), P())
     )
     return jax.jit(mapped, donate_argnums=(0,))
 
