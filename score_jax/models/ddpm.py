@@ -24,6 +24,7 @@ from score_jax.models.layers import (
     NIN,
     Downsample,
     Upsample,
+    attention,
     conv3x3,
     dense,
     get_act,
@@ -61,19 +62,6 @@ def divide_by_sigma(
     return h / sigmas[index][:, None, None, None]
 
 
-def attention_f32_logits(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
-    """Softmax attention of every pixel over all H*W pixels; q, k, v [B, H, W, C].
-
-    The logits are accumulated and kept in float32 even for bfloat16 inputs: rounding them to
-    bfloat16 alone doubles the bfloat16-vs-float32 output error of the network.
-    """
-    b, height, width, c = q.shape
-    q2, k2, v2 = (t.reshape(b, height * width, c) for t in (q, k, v))
-    logits = jnp.einsum("bqc,bkc->bqk", q2, k2, preferred_element_type=jnp.float32)
-    weights = jax.nn.softmax(logits * (c**-0.5), axis=-1).astype(v.dtype)
-    return jnp.einsum("bqk,bkc->bqc", weights, v2).reshape(b, height, width, c)
-
-
 class ResnetBlockDDPM(nn.Module):
     """GN-act-conv, + Dense(act(temb)), GN-act-dropout-conv(zero init), + NIN shortcut if needed."""
 
@@ -107,7 +95,7 @@ class AttnBlock(nn.Module):
         c, dt = x.shape[-1], self.dtype
         h = group_norm(c, DDPM_GROUPS, dt, name="GroupNorm_0")(x)
         q, k, v = (NIN(c, dtype=dt, name=f"NIN_{i}")(h) for i in range(3))
-        return x + NIN(c, init_scale=0.0, dtype=dt, name="NIN_3")(attention_f32_logits(q, k, v))
+        return x + NIN(c, init_scale=0.0, dtype=dt, name="NIN_3")(attention(q, k, v, dt))
 
 
 def module_names(config: ml_collections.ConfigDict) -> list[str]:
