@@ -130,6 +130,45 @@ def test_upfirdn2d_matches_definition(up, down, pad):
     np.testing.assert_allclose(got, want, atol=1e-5)
 
 
+@pytest.mark.parametrize("up,down,pad", [(2, 1, (2, 1)), (1, 2, (1, 1))])
+def test_separable_fir_matches_2d_kernel(up, down, pad):
+    rng = np.random.default_rng(1)
+    x = jnp.asarray(rng.standard_normal((2, 6, 6, 3)).astype(np.float32))
+    taps_h = np.array([1.0, 2.0, 5.0, 3.0], np.float32)  # asymmetric: a missing flip shows
+    taps_w = np.array([0.5, -1.0, 4.0, 2.0], np.float32)
+    separable = upfirdn.upfirdn2d(x, (taps_h, taps_w), up=up, down=down, pad=pad)
+    full = upfirdn.upfirdn2d(x, np.outer(taps_h, taps_w), up=up, down=down, pad=pad)
+    np.testing.assert_allclose(separable, full, atol=1e-5)
+
+
+def test_fused_conv_resampling_matches_unfused_definition():
+    """upsample_conv_2d = stride-2 transposed conv then FIR; conv_downsample_2d = FIR then conv."""
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((1, 5, 5, 2))
+    w = rng.standard_normal((3, 3, 2, 3))
+    k = (1, 3, 3, 1)
+    kernel = upfirdn.setup_kernel(k)
+    # The official op flips w before its transposed conv: out[2i+a, 2j+b] += x[i, j] w[2-a, 2-b].
+    t = np.zeros((1, 11, 11, 3))
+    flipped = w[::-1, ::-1]
+    for i in range(5):
+        for j in range(5):
+            t[0, 2 * i : 2 * i + 3, 2 * j : 2 * j + 3] += np.einsum(
+                "c,abcd->abd", x[0, i, j], flipped
+            )
+    want_up = upfirdn_reference(t, kernel * 4, 1, 1, (1, 1))
+    got_up = upfirdn.upsample_conv_2d(jnp.asarray(x, jnp.float32), jnp.asarray(w), k)
+    np.testing.assert_allclose(got_up, want_up, atol=1e-4)
+    filtered = upfirdn_reference(x, kernel, 1, 1, (2, 2))
+    want_down = np.zeros((1, 2, 2, 3))  # 5 -> FIR 6 -> stride-2 VALID 3x3 conv -> 2
+    for i in range(2):
+        for j in range(2):
+            patch = filtered[0, 2 * i : 2 * i + 3, 2 * j : 2 * j + 3]
+            want_down[0, i, j] = np.einsum("abc,abcd->d", patch, w)
+    got_down = upfirdn.conv_downsample_2d(jnp.asarray(x, jnp.float32), jnp.asarray(w), k)
+    np.testing.assert_allclose(got_down, want_down, atol=1e-4)
+
+
 def test_fir_resampling_preserves_constants_and_shapes():
     x = jnp.full((1, 8, 8, 2), 3.0)
     up = upfirdn.upsample_2d(x, (1, 3, 3, 1))
