@@ -182,7 +182,7 @@ def from_pytorch(
             state_dict = ema_state_dict(state_dict)
         else:
             state_dict = state_dict["model"]
-    state_dict = strip_module_prefix(state_dict)
+    state_dict = {k: _to_numpy(v) for k, v in strip_module_prefix(state_dict).items()}
     name = str(config.model.name).lower()
     if name == "ncsnpp":
         return ncsnpp_from_pytorch(state_dict, config)
