@@ -81,6 +81,7 @@ class NCSNpp(nn.Module):
 
         block_cls = {"ddpm": layers.ResnetBlockDDPMpp, "biggan": layers.ResnetBlockBigGANpp}
         block_cls = block_cls[resblock_type]
+        block_name = block_cls.__name__
         if m.get("remat", False):
             # Explicit names below keep parameter paths identical with and without remat.
             block_cls = nn.remat(block_cls, static_argnums=(3,))
@@ -96,11 +97,9 @@ class NCSNpp(nn.Module):
         block_count = [0]
 
         def resnet_block(h, out_ch=None, up=False, down=False):
-            name = f"{'ResnetBlockBigGANpp' if resblock_type == 'biggan' else 'ResnetBlockDDPMpp'}"
             extra = dict(up=up, down=down) if resblock_type == "biggan" else {}
-            block = block_cls(
-                out_ch=out_ch, name=f"{name}_{block_count[0]}", **extra, **block_kwargs
-            )
+            name = f"{block_name}_{block_count[0]}"
+            block = block_cls(out_ch=out_ch, name=name, **extra, **block_kwargs)
             block_count[0] += 1
             return block(h, temb, train)
 
