@@ -35,11 +35,12 @@ def run_steps(config, mesh, batches, unroll=None):
     state = parallel.replicate(create_train_state(params, optimizer, jax.random.PRNGKey(2)), mesh)
     loss_fn = make_loss_fn(config, sde, model.apply, True)
     step = make_train_step(config, loss_fn, optimizer, mesh, unroll=unroll)
-    losses = []
+    losses, norms = [], []
     for images in batches:
-        state, (loss, _) = step(state, parallel.host_batch_to_global(images, mesh, batch_axis=1))
+        state, (loss, norm) = step(state, parallel.host_batch_to_global(images, mesh, 1))
         losses.append(np.asarray(loss.addressable_data(0)))
-    return parallel.fetch_to_host(state), np.concatenate(losses)
+        norms.append(np.asarray(norm.addressable_data(0)))
+    return parallel.fetch_to_host(state), np.concatenate(losses), np.concatenate(norms)
 
 
 def test_mesh_spans_all_devices_and_shards_the_batch():
@@ -61,13 +62,16 @@ def test_four_devices_equal_one_device():
     """6 Adam steps (3 calls x 2 scanned steps), global batch 16, on 4 devices vs 1."""
     config = tiny_config(**{"training.n_jitted_steps": 2})
     batches = mixture_batches(3, 2, 16)
-    state4, losses4 = run_steps(config, parallel.make_mesh(), batches)
-    state1, losses1 = run_steps(config, parallel.make_mesh(jax.devices()[:1]), batches)
+    state4, losses4, norms4 = run_steps(config, parallel.make_mesh(), batches)
+    state1, losses1, norms1 = run_steps(config, parallel.make_mesh(jax.devices()[:1]), batches)
     assert int(state4.step) == int(state1.step) == 6
     # Only the summation order of the batch mean differs (float32 roundoff ~1e-7 relative);
     # Adam can amplify it where a gradient entry is near 0 (measured max 4.5e-7 here); atol
     # 5e-5 is 0.5% of one step of lr 0.01, while a wrong shard or pmean moves entries ~1e-3.
     np.testing.assert_allclose(losses4, losses1, rtol=1e-5)
+    # Adam hides a constant gradient scale, so check the (pre-clipping) gradient norms too:
+    # a gradient summed instead of averaged over devices would be 4x larger.
+    np.testing.assert_allclose(norms4, norms1, rtol=1e-5)
     for a, b in zip(jax.tree.leaves(state4), jax.tree.leaves(state1), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=5e-5)
     # The run moved the parameters (so equality is not vacuous).
@@ -96,8 +100,8 @@ def test_scan_and_unrolled_steps_agree():
     config = tiny_config(**{"training.n_jitted_steps": 3})
     batches = mixture_batches(1, 3, 8, seed=3)
     mesh = parallel.make_mesh(jax.devices()[:1])
-    scanned, losses_scan = run_steps(config, mesh, batches, unroll=False)
-    unrolled, losses_unrolled = run_steps(config, mesh, batches, unroll=True)
+    scanned, losses_scan, _ = run_steps(config, mesh, batches, unroll=False)
+    unrolled, losses_unrolled, _ = run_steps(config, mesh, batches, unroll=True)
     # Same operations; XLA may fuse them differently, so allow float32 roundoff.
     np.testing.assert_allclose(losses_scan, losses_unrolled, rtol=1e-6)
     for a, b in zip(jax.tree.leaves(scanned), jax.tree.leaves(unrolled), strict=True):

@@ -16,7 +16,7 @@ def get_config():
     set_ncsnpp(config, scale_by_sigma=True, ema_rate=0.999, num_res_blocks=1, ch_mult=(1, 2))
 
     training = config.training
-    training.batch_size = 128
+    training.batch_size = 64
     training.n_iters = 2000
     training.n_jitted_steps = 1  # XLA:CPU compiles and runs unrolled steps; keep one per call
     training.log_freq = 50
@@ -26,7 +26,7 @@ def get_config():
     training.snapshot_sampling = False  # the final report draws the samples
     training.final_report = True
 
-    config.eval.batch_size = 100
+    config.eval.batch_size = 99  # 3 batches of the 297 test digits
     config.eval.bpd_repeats = 1
 
     data = config.data
@@ -37,8 +37,8 @@ def get_config():
     data.uniform_dequantization = True  # train on the density the bits/dim measures
 
     model = config.model
-    model.sigma_max = 5.0
-    model.nf = 32
+    model.sigma_max = 5  # an int, as the default (50) it overrides
+    model.nf = 16
     model.attn_resolutions = (4,)
     model.dropout = 0.0
     model.fir = False  # FIR resampling buys nothing at 8x8 and costs CPU time

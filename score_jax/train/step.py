@@ -135,8 +135,15 @@ def make_train_step(
     def steps(state, images):
         return _run_steps(one_step, state, images, unroll)
 
+    # check_vma=False gives pmap's semantics: the gradient of replicated parameters is each
+    # device's own, which the explicit pmean averages. (With check_vma=True autodiff would
+    # already psum it, and network layers with a custom VJP would be refused.)
     mapped = jax.shard_map(
-        steps, mesh=mesh, in_specs=(P(), P(None, DATA_AXIS)), out_specs=(P(), P())
+        steps,
+        mesh=mesh,
+        in_specs=(P(), P(None, DATA_AXIS)),
+        out_specs=(P(), P()),
+        check_vma=False,
     )
     return jax.jit(mapped, donate_argnums=(0,))
 
