@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from score_jax.models import upfirdn
+from score_jax.models import conv, upfirdn
 
 Dtype = Any
 Initializer = Callable[..., jax.Array]
@@ -28,7 +28,8 @@ _SQRT2 = np.sqrt(2.0)
 # Mixed precision: convolutions and matmuls take `dtype` operands (bfloat16 on accelerators) but
 # accumulate and return float32, so normalisation, residual sums and the time embedding stay in
 # float32. Casting only the operands keeps a whole network within ~1e-2 of float32.
-_conv_f32_out = functools.partial(jax.lax.conv_general_dilated, preferred_element_type=jnp.float32)
+# The convolutions go through models.conv, whose gradients stay fast inside XLA:CPU loops.
+_conv_f32_out = functools.partial(conv.conv_general_dilated, preferred_element_type=jnp.float32)
 _dot_f32_out = functools.partial(jax.lax.dot_general, preferred_element_type=jnp.float32)
 
 
@@ -82,6 +83,7 @@ def conv1x1(
         padding="VALID",
         kernel_init=default_init(init_scale),
         dtype=dtype,
+        conv_general_dilated=conv.conv_general_dilated,
         name=name,
     )
 

@@ -16,6 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from score_jax.models import conv
+
 _NHWC = ("NHWC", "HWIO", "NHWC")
 
 
@@ -117,14 +119,7 @@ def downsample_2d(
 
 def conv2d(x: jax.Array, w: jax.Array, stride: int, padding, dtype=jnp.float32):
     """NHWC x HWIO convolution with `dtype` operands and a float32 result."""
-    return lax.conv_general_dilated(
-        x.astype(dtype),
-        w.astype(dtype),
-        window_strides=(stride, stride),
-        padding=padding,
-        dimension_numbers=_NHWC,
-        preferred_element_type=jnp.float32,
-    )
+    return conv.conv2d(x.astype(dtype), w.astype(dtype), (stride, stride), padding, jnp.float32)
 
 
 def upsample_conv_2d(
