@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import copy
 import functools
+import inspect
 import json
 import os
 import platform
@@ -77,15 +78,11 @@ def compile_ahead(jitted, *args):
     return compiled, seconds, flops
 
 
-def median_time(call: Callable[[], object], repeats: int) -> tuple[float, list[float]]:
-    """Median and all wall times (s) of `repeats` calls of call() after one warm-up call."""
-    return median_times({"": call}, repeats)[""]
-
-
 def median_times(
     calls: dict[str, Callable[[], object]], repeats: int
 ) -> dict[str, tuple[float, list[float]]]:
-    """Like median_time for several calls, taken in turn so that all see the same load."""
+    """Median and all wall times (s) of `repeats` calls of each call() after one warm-up call;
+    the calls are taken in turn, so that all see the same machine load."""
     for call in calls.values():
         jax.block_until_ready(call())
     times: dict[str, list[float]] = {name: [] for name in calls}
@@ -147,15 +144,22 @@ class Bench:
         unit = jax.random.uniform(keys[3], self.shape, jnp.float32)
         self.data = get_scaler(config)(unit)  # likelihood input: scaled data
         self.rows: dict[str, dict] = {}
+        # Compiled reference programs ("forward", "forward+vjp"): re-timed alongside each
+        # measurement, so that a ratio compares two medians taken under the same machine load.
+        self.reference: dict[str, Callable[[], object]] = {}
 
     def score_fn(self, params, sde=None):
         sde = self.sde if sde is None else sde
         return get_score_fn(sde, self.model, {"params": params}, continuous=self.continuous)
 
-    def time_jitted(self, jitted, *args) -> tuple[float, list[float], float, float | None]:
-        compiled, compile_s, flops = compile_ahead(jitted, *args)
-        seconds, times = median_time(lambda: compiled(*args), self.repeats)
-        return seconds, times, compile_s, flops
+    def time_with_reference(
+        self, call: Callable[[], object], reference: str, repeats: int | None = None
+    ) -> tuple[float, list[float], float]:
+        """(median s, times s) of call() and the median s of the reference, taken in turn."""
+        timed = median_times(
+            {"call": call, "ref": self.reference[reference]}, repeats or self.repeats
+        )
+        return (*timed["call"], timed["ref"][0])
 
 
 # ----------------------------------------------------------------------------- measurements
@@ -171,13 +175,20 @@ def bench_network(b: Bench, peak: float | None) -> None:
         score, vjp_fn = jax.vjp(lambda y: b.score_fn(params)(y, t), x)
         return score, vjp_fn(v)[0]
 
+    compiled = {}
     for name, fn, args in (
         ("forward", forward, (b.params, b.x, b.t)),
         ("forward+vjp", forward_vjp, (b.params, b.x, b.t, b.probe)),
     ):
-        seconds, times, compile_s, flops = b.time_jitted(jax.jit(fn), *args)
+        executable, compile_s, flops = compile_ahead(jax.jit(fn), *args)
+        b.reference[name] = functools.partial(executable, *args)
+        compiled[name] = (compile_s, flops)
+    timed = median_times(b.reference, b.repeats)
+    for name, (seconds, times) in timed.items():
+        compile_s, flops = compiled[name]
         mfu = flops / seconds / peak if flops and peak else None
         b.rows[name] = row(name, seconds, times, compile_s, gflop=_g(flops), mfu=mfu)
+    b.rows["forward+vjp"]["ratio_to_forward"] = timed["forward+vjp"][0] / timed["forward"][0]
 
 
 def _g(flops: float | None) -> float | None:
@@ -230,26 +241,30 @@ def _batch_reader(config, batch: int, k: int, mesh, workdir: str):
     return read, batches.close, real.data.dataset
 
 
-def bench_train(b: Bench, n_jitted: list[int], data: str, peak: float | None) -> None:
+def bench_train(
+    b: Bench, n_jitted: list[int], data: str, peak: float | None, unroll: bool | None = None
+) -> None:
     """Training steps (forward, backward, Adam, EMA) per call of make_train_step's program.
 
     With data="real" each call also reads its batches through score_jax.data (the training
     loop's path, prefetch thread included); real and synthetic calls alternate, so both medians
-    see the same machine load."""
+    see the same machine load (and so does the forward the ratio is taken to). `unroll` is
+    make_train_step's choice between lax.scan and unrolled steps (None: its default)."""
     config, mesh = b.config, parallel.make_mesh()
     optimizer = get_optimizer(config)
     loss_fn = make_loss_fn(config, b.sde, b.model.apply, True)
     rng = np.random.default_rng(0)
     n_devices = mesh.devices.size
     for k in n_jitted:
-        step = make_train_step(config, loss_fn, optimizer, mesh)
+        options = {} if unroll is None else {"unroll": unroll}
+        step = make_train_step(config, loss_fn, optimizer, mesh, **options)
         state = create_train_state(b.params, optimizer, jax.random.PRNGKey(0))
         state = parallel.replicate(state, mesh)
         raw = _raw_images(config, (k, *b.shape), rng)
         images = parallel.host_batch_to_global(raw, mesh, batch_axis=1)
         compiled, compile_s, flops = compile_ahead(step, state, images)
         call = _threaded_step(compiled, state)
-        calls = {"synthetic": functools.partial(call, images)}
+        calls = {"synthetic": functools.partial(call, images), "forward": b.reference["forward"]}
         with tempfile.TemporaryDirectory() as workdir:
             if data == "real":
                 read, close, dataset = _batch_reader(config, b.batch, k, mesh, workdir)
@@ -257,6 +272,7 @@ def bench_train(b: Bench, n_jitted: list[int], data: str, peak: float | None) ->
             timed = median_times(calls, b.repeats)
             if data == "real":
                 close()  # stops the prefetch thread
+        forward = timed.pop("forward")[0]
         for kind, (seconds, times) in timed.items():
             real = kind == "real"
             name = f"train{' real data' if real else ''} (n_jitted_steps={k})"
@@ -271,6 +287,8 @@ def bench_train(b: Bench, n_jitted: list[int], data: str, peak: float | None) ->
                 gflop=_g(flops) if k == 1 and not real else None,
                 mfu=flops / per_step / peak if flops and peak and k == 1 else None,
                 dataset=dataset if real else None,
+                ratio_to_forward=per_step / forward,
+                forward_ms_alongside=1e3 * forward,
             )
         if data == "real":
             synthetic = b.rows[f"train (n_jitted_steps={k})"]["median_ms"]
@@ -292,8 +310,9 @@ def _with(config, **changes):
     return new
 
 
-def _time_sampler(b: Bench, config, repeats: int) -> tuple[float, list, float, int]:
-    """Times config's sampler (get_sampler) under one jit with the parameters as an argument."""
+def _time_sampler(b: Bench, config, repeats: int) -> tuple[float, list, float, int, float]:
+    """Times config's sampler (get_sampler) under one jit with the parameters as an argument:
+    (median s, times, compile s, NFE, median s of the forward timed alongside)."""
     sde = get_sde(config)
     sample_fn = get_sampler(config, sde, b.shape)
 
@@ -304,16 +323,17 @@ def _time_sampler(b: Bench, config, repeats: int) -> tuple[float, list, float, i
     key = jax.random.PRNGKey(2)
     compiled, compile_s, _ = compile_ahead(sample, b.params, key)
     nfe = int(compiled(b.params, key)[1])
-    seconds, times = median_time(lambda: compiled(b.params, key), repeats)
-    return seconds, times, compile_s, nfe
+    seconds, times, forward = b.time_with_reference(
+        lambda: compiled(b.params, key), "forward", repeats
+    )
+    return seconds, times, compile_s, nfe, forward
 
 
 def bench_pc(b: Bench, pc_steps: int, full: bool) -> None:
     """A PC step (the compiled loop over pc_steps noise levels, divided) and optionally a full
     sample at the config's number of levels."""
-    forward = b.rows["forward"]["median_ms"] / 1e3
     config = _with(b.config, **{"sampling.method": "pc", "model.num_scales": pc_steps})
-    seconds, times, compile_s, nfe = _time_sampler(b, config, b.repeats)
+    seconds, times, compile_s, nfe, forward = _time_sampler(b, config, b.repeats)
     per_level = nfe / pc_steps
     b.rows["pc step"] = row(
         "pc step",
@@ -322,18 +342,18 @@ def bench_pc(b: Bench, pc_steps: int, full: bool) -> None:
         compile_s,
         forwards_per_step=per_level,
         ratio_to_forwards=seconds / pc_steps / (per_level * forward),
+        forward_ms_alongside=1e3 * forward,
     )
     if full:
         config = _with(b.config, **{"sampling.method": "pc"})
-        seconds, times, compile_s, nfe = _time_sampler(b, config, 1)
+        seconds, times, compile_s, nfe, _ = _time_sampler(b, config, 1)
         b.rows["pc full sample"] = row("pc full sample", seconds, times, compile_s, nfe=nfe)
 
 
 def bench_ode(b: Bench) -> None:
     """The probability-flow ODE sampler (adaptive): NFE and time per NFE."""
-    forward = b.rows["forward"]["median_ms"] / 1e3
     config = _with(b.config, **{"sampling.method": "ode"})
-    seconds, times, compile_s, nfe = _time_sampler(b, config, b.repeats)
+    seconds, times, compile_s, nfe, forward = _time_sampler(b, config, b.repeats)
     b.rows["ode sample"] = row(
         "ode sample",
         seconds,
@@ -342,12 +362,12 @@ def bench_ode(b: Bench) -> None:
         nfe=nfe,
         ms_per_nfe=1e3 * seconds / nfe,
         ratio_to_forward=seconds / nfe / forward,
+        forward_ms_alongside=1e3 * forward,
     )
 
 
 def bench_likelihood(b: Bench) -> None:
     """log_likelihood (probability-flow ODE + Hutchinson divergence): time per NFE."""
-    unit = b.rows["forward+vjp"]["median_ms"] / 1e3
 
     @jax.jit
     def likelihood(params, key, x):
@@ -356,7 +376,9 @@ def bench_likelihood(b: Bench) -> None:
     key = jax.random.PRNGKey(3)
     compiled, compile_s, _ = compile_ahead(likelihood, b.params, key, b.data)
     nfe = int(compiled(b.params, key, b.data)[2])
-    seconds, times = median_time(lambda: compiled(b.params, key, b.data), b.repeats)
+    seconds, times, unit = b.time_with_reference(
+        lambda: compiled(b.params, key, b.data), "forward+vjp"
+    )
     b.rows["likelihood"] = row(
         "likelihood",
         seconds,
@@ -365,6 +387,7 @@ def bench_likelihood(b: Bench) -> None:
         nfe=nfe,
         ms_per_nfe=1e3 * seconds / nfe,
         ratio_to_forward_vjp=seconds / nfe / unit,
+        forward_vjp_ms_alongside=1e3 * unit,
     )
 
 
@@ -433,6 +456,12 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--what", default=",".join(WHAT), help=f"subset of {','.join(WHAT)}")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--n_jitted_steps", default="1", help="comma list, e.g. 1,5")
+    parser.add_argument(
+        "--train_unroll",
+        choices=("auto", "true", "false"),
+        default="auto",
+        help="make_train_step's unroll (auto: its own default)",
+    )
     parser.add_argument("--pc_steps", type=int, default=4, help="noise levels of the PC step")
     parser.add_argument("--full", action="store_true", help="also a full PC sample")
     parser.add_argument("--data", choices=("synthetic", "real"), default="synthetic")
@@ -459,6 +488,11 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
 
 def main(argv: list[str] | None = None) -> dict:
     args, overrides = parse_args(argv)
+    if (
+        args.train_unroll != "auto"
+        and "unroll" not in inspect.signature(make_train_step).parameters
+    ):
+        raise SystemExit("--train_unroll: this make_train_step has no unroll option")
     config = load_config(args.config, overrides)
     batch = args.batch or config.training.batch_size
     if batch % jax.device_count():
@@ -469,7 +503,9 @@ def main(argv: list[str] | None = None) -> dict:
     peak = device_peak_flops(args.dtype)
     steps = [functools.partial(bench_network, b, peak)]
     if "train" in args.what:
-        steps.append(functools.partial(bench_train, b, args.n_jitted_steps, args.data, peak))
+        unroll = {"auto": None, "true": True, "false": False}[args.train_unroll]
+        train = functools.partial(bench_train, b, args.n_jitted_steps, args.data, peak, unroll)
+        steps.append(train)
     if "sample" in args.what:
         steps.append(functools.partial(bench_pc, b, args.pc_steps, args.full))
     if "ode" in args.what:
@@ -482,10 +518,6 @@ def main(argv: list[str] | None = None) -> dict:
         run()
         for name in b.rows.keys() - done:
             print(format_row(b.rows[name]), file=sys.stderr, flush=True)
-    forward = b.rows["forward"]["median_ms"]
-    for r in b.rows.values():
-        if r["name"].startswith("train"):
-            r["ratio_to_forward"] = r["median_ms"] / forward
     memory_kind, memory = peak_memory_bytes()
     result = {
         "config": str(args.config),
