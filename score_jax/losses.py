@@ -3,10 +3,17 @@
 Every builder returns a pure `loss_fn(params, key, batch) -> (loss, aux)` where `batch["image"]`
 is [B, H, W, C] (any [B, ...] works) and `aux["per_example"]` holds the [B] losses. They are
 differentiable in `params` and safe under `jax.jit`.
+
+The randomness of a loss (times or noise levels, and the Gaussian noise) can also be drawn
+beforehand with `loss_fn.draw_noise(key, x0)` and passed in `batch["noise"]`: a data-parallel
+step draws it for the global batch, so each example's noise does not depend on how many devices
+share the batch, while the network still runs once per device batch.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -17,6 +24,24 @@ from score_jax.models.score_fn import ApplyFn, network_score_fn
 from score_jax.sde import SDE, VESDE, VPSDE, SubVPSDE, batch_broadcast
 
 LossFn = Callable[[Any, jax.Array, Mapping[str, jax.Array]], tuple[jax.Array, dict]]
+NoiseFn = Callable[[jax.Array, jax.Array], dict]
+
+
+@dataclasses.dataclass(frozen=True)
+class Loss:
+    """A loss `(params, key, batch) -> (loss, aux)` with its noise drawn by `draw_noise`.
+
+    compute(params, batch, noise, dropout_key) is the loss for given noise; draw_noise(key, x0)
+    draws that noise for a batch x0 [B, ...] (example b's noise is row b of every array).
+    """
+
+    compute: Callable[[Any, Mapping[str, jax.Array], dict, jax.Array], tuple[jax.Array, dict]]
+    draw_noise: NoiseFn
+
+    def __call__(self, params, key, batch):
+        noise_key, dropout_key = jax.random.split(key)
+        noise = batch["noise"] if "noise" in batch else self.draw_noise(noise_key, batch["image"])
+        return self.compute(params, batch, noise, dropout_key)
 
 
 def _reduce_fn(reduce_mean: bool) -> Callable[[jax.Array], jax.Array]:
@@ -42,7 +67,7 @@ def sde_loss_fn(
     likelihood_weighting: bool = False,
     eps: float = 1e-5,
     extra_variables: Mapping[str, Any] | None = None,
-) -> LossFn:
+) -> Loss:
     """Continuous DSM: E_t E_x0 E_z |s(x_t, t) std + z|^2, t ~ U(eps, T).
 
     With `likelihood_weighting` the weight is g(t)^2 (|s + z / std|^2), which makes the loss an
@@ -51,11 +76,13 @@ def sde_loss_fn(
     score_fn = network_score_fn(sde, apply_fn, continuous)
     reduce = _reduce_fn(reduce_mean)
 
-    def loss_fn(params, key, batch):
-        x0 = batch["image"]
-        k_t, k_z, k_drop = jax.random.split(key, 3)
+    def draw_noise(key, x0):
+        k_t, k_z = jax.random.split(key)
         t = jax.random.uniform(k_t, (x0.shape[0],), minval=eps, maxval=sde.T)
-        z = jax.random.normal(k_z, x0.shape)
+        return {"t": t, "z": jax.random.normal(k_z, x0.shape)}
+
+    def compute(params, batch, noise, k_drop):
+        x0, t, z = batch["image"], noise["t"], noise["z"]
         mean, std = sde.marginal_prob(x0, t)
         x_t = mean + batch_broadcast(std, x0) * z
         score = score_fn(
@@ -68,7 +95,7 @@ def sde_loss_fn(
             losses = reduce(jnp.square(score * batch_broadcast(std, x0) + z))
         return jnp.mean(losses), {"per_example": losses}
 
-    return loss_fn
+    return Loss(compute, draw_noise)
 
 
 def smld_loss_fn(
@@ -77,7 +104,7 @@ def smld_loss_fn(
     train: bool = True,
     reduce_mean: bool = False,
     extra_variables: Mapping[str, Any] | None = None,
-) -> LossFn:
+) -> Loss:
     """NCSN loss: sigma_i^2 |s(x0 + sigma_i z, i) + z / sigma_i|^2 with i uniform over levels.
 
     Label i indexes the descending noise levels (label 0 is sigma_max), as the NCSN networks do.
@@ -87,12 +114,10 @@ def smld_loss_fn(
     sigmas_desc = jnp.asarray(sde.discrete_sigmas[::-1].copy())
     reduce = _reduce_fn(reduce_mean)
 
-    def loss_fn(params, key, batch):
-        x0 = batch["image"]
-        k_i, k_z, k_drop = jax.random.split(key, 3)
-        labels = jax.random.randint(k_i, (x0.shape[0],), 0, sde.N)
+    def compute(params, batch, level_noise, k_drop):
+        x0, labels = batch["image"], level_noise["labels"]
         sigmas = batch_broadcast(sigmas_desc[labels], x0)
-        noise = jax.random.normal(k_z, x0.shape) * sigmas
+        noise = level_noise["z"] * sigmas
         score = apply_fn(
             _variables(params, extra_variables),
             x0 + noise,
@@ -104,7 +129,7 @@ def smld_loss_fn(
         losses = reduce(jnp.square(score - target)) * sigmas_desc[labels] ** 2
         return jnp.mean(losses), {"per_example": losses}
 
-    return loss_fn
+    return Loss(compute, functools.partial(_draw_level_noise, sde.N))
 
 
 def ddpm_loss_fn(
@@ -113,7 +138,7 @@ def ddpm_loss_fn(
     train: bool = True,
     reduce_mean: bool = True,
     extra_variables: Mapping[str, Any] | None = None,
-) -> LossFn:
+) -> Loss:
     """DDPM loss: |eps_theta(sqrt(abar_i) x0 + sqrt(1 - abar_i) z, i) - z|^2, i uniform."""
     if not isinstance(sde, VPSDE):
         raise ValueError(f"The DDPM loss needs a VPSDE, got {type(sde).__name__}.")
@@ -121,11 +146,8 @@ def ddpm_loss_fn(
     sqrt_1m_abar = jnp.asarray(sde.sqrt_1m_alphas_cumprod)
     reduce = _reduce_fn(reduce_mean)
 
-    def loss_fn(params, key, batch):
-        x0 = batch["image"]
-        k_i, k_z, k_drop = jax.random.split(key, 3)
-        labels = jax.random.randint(k_i, (x0.shape[0],), 0, sde.N)
-        noise = jax.random.normal(k_z, x0.shape)
+    def compute(params, batch, level_noise, k_drop):
+        x0, labels, noise = batch["image"], level_noise["labels"], level_noise["z"]
         x_t = (
             batch_broadcast(sqrt_abar[labels], x0) * x0
             + batch_broadcast(sqrt_1m_abar[labels], x0) * noise
@@ -136,7 +158,14 @@ def ddpm_loss_fn(
         losses = reduce(jnp.square(out - noise))
         return jnp.mean(losses), {"per_example": losses}
 
-    return loss_fn
+    return Loss(compute, functools.partial(_draw_level_noise, sde.N))
+
+
+def _draw_level_noise(num_levels: int, key: jax.Array, x0: jax.Array) -> dict:
+    """A uniform discrete noise level [B] and standard normal noise like x0."""
+    k_i, k_z = jax.random.split(key)
+    labels = jax.random.randint(k_i, (x0.shape[0],), 0, num_levels)
+    return {"labels": labels, "z": jax.random.normal(k_z, x0.shape)}
 
 
 def get_loss_fn(
@@ -146,7 +175,7 @@ def get_loss_fn(
     reduce_mean: bool = False,
     continuous: bool = True,
     likelihood_weighting: bool = False,
-) -> LossFn:
+) -> Loss:
     """The loss the official configs select: continuous DSM, or SMLD (VE) / DDPM (VP) discrete."""
     if continuous:
         return sde_loss_fn(sde, apply_fn, train, reduce_mean, True, likelihood_weighting)

@@ -111,14 +111,33 @@ def test_a_wrong_score_is_detected(kind, name, weighting):
 def test_likelihood_weighting_is_g2_over_std2(name):
     sde = SDES[name]
     apply = continuous_apply(sde, distortion=1.1)
-    key = jax.random.PRNGKey(3)
-    plain = losses.sde_loss_fn(sde, apply)({"c": 0.0}, key, BATCH)[1]["per_example"]
-    weighted = losses.sde_loss_fn(sde, apply, likelihood_weighting=True)({"c": 0.0}, key, BATCH)
-    # Same key: same t and z. Recompute t the way the loss draws it.
-    t = jax.random.uniform(jax.random.split(key, 3)[0], (N_DATA,), minval=1e-5, maxval=1.0)
-    g2 = sde.sde(BATCH["image"], t)[1] ** 2
-    std = sde.marginal_prob(BATCH["image"], t)[1]
-    np.testing.assert_allclose(weighted[1]["per_example"], plain * g2 / std**2, rtol=2e-4)
+    plain_loss = losses.sde_loss_fn(sde, apply)
+    noise = plain_loss.draw_noise(jax.random.PRNGKey(3), BATCH["image"])
+    batch = {**BATCH, "noise": noise}  # the same t and z for both losses
+    plain = plain_loss({"c": 0.0}, jax.random.PRNGKey(4), batch)[1]["per_example"]
+    weighted = losses.sde_loss_fn(sde, apply, likelihood_weighting=True)(
+        {"c": 0.0}, jax.random.PRNGKey(5), batch
+    )[1]["per_example"]
+    g2 = sde.sde(BATCH["image"], noise["t"])[1] ** 2
+    std = sde.marginal_prob(BATCH["image"], noise["t"])[1]
+    np.testing.assert_allclose(weighted, plain * g2 / std**2, rtol=2e-4)
+
+
+@pytest.mark.parametrize("kind, name", [("dsm", "vp"), ("smld", "ve"), ("ddpm", "vp")])
+def test_given_noise_replaces_the_draw(kind, name):
+    """A loss evaluated on pre-drawn noise equals the loss that draws the same noise itself."""
+    loss_fn = _build(kind, name, False, distortion=1.1)
+    key = jax.random.PRNGKey(6)
+    noise = loss_fn.draw_noise(jax.random.split(key)[0], BATCH["image"])
+    own = loss_fn({"c": 0.0}, key, BATCH)[0]
+    given = loss_fn({"c": 0.0}, jax.random.PRNGKey(99), {**BATCH, "noise": noise})[0]
+    np.testing.assert_allclose(given, own, rtol=1e-6)
+    # Row b of the noise belongs to example b: a half batch gets the first half's losses.
+    half = {"image": BATCH["image"][:8], "noise": jax.tree.map(lambda a: a[:8], noise)}
+    per_example = loss_fn({"c": 0.0}, key, {**BATCH, "noise": noise})[1]["per_example"]
+    np.testing.assert_allclose(
+        loss_fn({"c": 0.0}, key, half)[1]["per_example"], per_example[:8], rtol=1e-5
+    )
 
 
 def test_reduce_mean_and_sum():
