@@ -1,10 +1,13 @@
 """The data-parallel training and evaluation steps, compiled whole.
 
-A step is written for one device (its shard of the global batch) and mapped over the mesh axis
-"data" with `jax.shard_map` under `jax.jit`; gradients and losses are `pmean`-ed. Each example
-draws its noise from fold_in(fold_in(rng, step), global_example_index), so the result does not
-depend on how many devices or hosts share the batch: K steps on 4 devices equal K steps on 1.
-`n_jitted_steps` steps run per call through `lax.scan`, and the state buffers are donated.
+A step's randomness (dequantization noise, diffusion times and Gaussian noise) is drawn for the
+global batch from fold_in(rng, step), outside the per-device code, and sharded like the batch:
+with JAX's partitionable threefry each device generates only its rows, and every example's noise
+is the same whether 1 or 64 devices share the batch, so K steps on 4 devices equal K steps on 1.
+The update itself is written for one device and mapped over the mesh axis "data" with
+`jax.shard_map` under `jax.jit`; gradients and losses are `pmean`-ed. `n_jitted_steps` steps run
+per call, and the state buffers are donated. (Dropout masks are drawn per device, so runs with
+dropout > 0 are equal in distribution, not bitwise, across device counts.)
 """
 
 from __future__ import annotations
@@ -17,25 +20,23 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 from jax import lax
-from jax.sharding import Mesh
+from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from score_jax.data.preprocess import get_scaler, to_float
-from score_jax.losses import get_loss_fn
+from score_jax.losses import Loss, get_loss_fn
 from score_jax.parallel import DATA_AXIS
 from score_jax.sde import SDE
 from score_jax.train.optimizer import ema_decay, update_ema
 from score_jax.train.state import TrainState
 
 Batch = Mapping[str, jax.Array]
-# loss_fn(params, key, batch) -> (loss, aux), as score_jax.losses builds them.
-LossFn = Callable[[Any, jax.Array, Batch], tuple[jax.Array, dict]]
 # preprocess(raw images [b, ...], key) -> float model inputs [b, ...].
 Preprocess = Callable[[jax.Array, jax.Array], jax.Array]
 StepMetrics = tuple[jax.Array, jax.Array]
 
 
-def make_loss_fn(config: ml_collections.ConfigDict, sde: SDE, apply_fn, train: bool) -> LossFn:
+def make_loss_fn(config: ml_collections.ConfigDict, sde: SDE, apply_fn, train: bool) -> Loss:
     """The config's objective (continuous DSM, SMLD or DDPM) for a network's apply function."""
     return get_loss_fn(
         sde,
@@ -47,13 +48,6 @@ def make_loss_fn(config: ml_collections.ConfigDict, sde: SDE, apply_fn, train: b
     )
 
 
-def _example_keys(step_key: jax.Array, n_local: int) -> jax.Array:
-    """One key per example of this device's shard, indexed by its row in the global batch."""
-    first = lax.axis_index(DATA_AXIS) * n_local
-    rows = first + jnp.arange(n_local)
-    return jax.vmap(lambda i: jax.random.fold_in(step_key, i))(rows)
-
-
 def make_preprocess(config: ml_collections.ConfigDict) -> Preprocess:
     """Raw dataset images -> model inputs: to [0, 1] (dequantized if configured), then scaled."""
     scaler = get_scaler(config)
@@ -61,35 +55,33 @@ def make_preprocess(config: ml_collections.ConfigDict) -> Preprocess:
     return lambda images, key: scaler(to_float(images, key, dequantize))
 
 
-def _mean_example_loss(
-    loss_fn: LossFn, preprocess: Preprocess, params: Any, keys: jax.Array, images: jax.Array
-) -> jax.Array:
-    """Mean over examples of loss_fn applied to each one with its own key."""
-
-    def one(key, image):
-        data_key, loss_key = jax.random.split(key)
-        loss, _ = loss_fn(params, loss_key, {"image": preprocess(image[None], data_key)})
-        return loss
-
-    return jnp.mean(jax.vmap(one)(keys, images))
+def _draw_inputs(loss_fn: Loss, preprocess: Preprocess, mesh: Mesh, key, images):
+    """Model inputs, the loss's noise and a dropout key for a global batch [B, ...]."""
+    k_data, k_noise, k_dropout = jax.random.split(key, 3)
+    batch_sharded = NamedSharding(mesh, P(DATA_AXIS))
+    x = lax.with_sharding_constraint(preprocess(images, k_data), batch_sharded)
+    noise = loss_fn.draw_noise(k_noise, x)
+    noise = jax.tree.map(lambda a: lax.with_sharding_constraint(a, batch_sharded), noise)
+    return x, noise, k_dropout
 
 
-def device_train_step(
-    config: ml_collections.ConfigDict,
-    loss_fn: LossFn,
-    optimizer: optax.GradientTransformation,
-) -> Callable[[TrainState, jax.Array], tuple[TrainState, StepMetrics]]:
-    """(state, images [B_device, ...]) -> (state after one update, (loss, grad norm)).
+def _device_loss(loss_fn: Loss, params, x, noise, dropout_key) -> jax.Array:
+    """This device's mean loss; its dropout key is made distinct per device."""
+    dropout_key = jax.random.fold_in(dropout_key, lax.axis_index(DATA_AXIS))
+    return loss_fn.compute(params, {"image": x}, noise, dropout_key)[0]
+
+
+def device_update(
+    config: ml_collections.ConfigDict, loss_fn: Loss, optimizer: optax.GradientTransformation
+) -> Callable[..., tuple[TrainState, StepMetrics]]:
+    """(state, x [B_device, ...], noise, dropout key) -> (state after one update, metrics).
 
     Loss and gradient norm are global (the same on every device)."""
-    preprocess = make_preprocess(config)
 
-    def step(state: TrainState, images: jax.Array) -> tuple[TrainState, StepMetrics]:
-        step_key = jax.random.fold_in(state.rng, state.step)
-        keys = _example_keys(step_key, images.shape[0])
-        loss, grads = jax.value_and_grad(_mean_example_loss, argnums=2)(
-            loss_fn, preprocess, state.params, keys, images
-        )
+    def update(state: TrainState, x, noise, dropout_key):
+        loss, grads = jax.value_and_grad(
+            lambda params: _device_loss(loss_fn, params, x, noise, dropout_key)
+        )(state.params)
         # Equal shards, so the mean of shard means is the global mean.
         grads = lax.pmean(grads, DATA_AXIS)
         loss = lax.pmean(loss, DATA_AXIS)
@@ -100,7 +92,7 @@ def device_train_step(
         new_state = state.replace(step=new_step, params=params, ema_params=ema, opt_state=opt_state)
         return new_state, (loss, optax.tree.norm(grads))
 
-    return step
+    return update
 
 
 def _run_steps(one_step, state: TrainState, images: jax.Array, unroll: bool):
@@ -116,7 +108,7 @@ def _run_steps(one_step, state: TrainState, images: jax.Array, unroll: bool):
 
 def make_train_step(
     config: ml_collections.ConfigDict,
-    loss_fn: LossFn,
+    loss_fn: Loss,
     optimizer: optax.GradientTransformation,
     mesh: Mesh,
     unroll: bool | None = None,
@@ -128,36 +120,49 @@ def make_train_step(
     a convolutional network's step ~25x slower inside a scan (measured on the digits DDPM++,
     0.25 s vs 7-10 s per step), while unrolling only costs compile time.
     """
-    one_step = device_train_step(config, loss_fn, optimizer)
+    preprocess = make_preprocess(config)
     if unroll is None:
         unroll = mesh.devices.flat[0].platform == "cpu"
+    # check_vma=False gives pmap's semantics: the gradient of replicated parameters is each
+    # device's own, which the explicit pmean averages. (With check_vma=True autodiff would
+    # already psum it, and network layers with a custom VJP would be refused.)
+    update = jax.shard_map(
+        device_update(config, loss_fn, optimizer),
+        mesh=mesh,
+        in_specs=(P(), P(DATA_AXIS), P(DATA_AXIS), P()),
+        out_specs=(P(), P()),
+        check_vma=False,
+    )
+
+    def one_step(state: TrainState, images: jax.Array):
+        step_key = jax.random.fold_in(state.rng, state.step)
+        x, noise, dropout_key = _draw_inputs(loss_fn, preprocess, mesh, step_key, images)
+        return update(state, x, noise, dropout_key)
 
     def steps(state, images):
         return _run_steps(one_step, state, images, unroll)
 
-    # check_vma=False gives pmap's semantics: the gradient of replicated parameters is each
-    # device's own, which the explicit pmean averages. (With check_vma=True autodiff would
-    # already psum it, and network layers with a custom VJP would be refused.)
-    mapped = jax.shard_map(
-        steps,
-        mesh=mesh,
-        in_specs=(P(), P(None, DATA_AXIS)),
-        out_specs=(P(), P()),
-        check_vma=False,
-    )
-    return jax.jit(mapped, donate_argnums=(0,))
+    return jax.jit(steps, donate_argnums=(0,))
 
 
 def make_eval_step(
-    config: ml_collections.ConfigDict, loss_fn: LossFn, mesh: Mesh
+    config: ml_collections.ConfigDict, loss_fn: Loss, mesh: Mesh
 ) -> Callable[[Any, jax.Array, jax.Array], jax.Array]:
     """jit(params, images [B_global, ...], key) -> global mean loss, without gradients."""
     preprocess = make_preprocess(config)
 
-    def device_eval(params, images, key):
-        keys = _example_keys(key, images.shape[0])
-        loss = _mean_example_loss(loss_fn, preprocess, params, keys, images)
-        return lax.pmean(loss, DATA_AXIS)
+    def device_eval(params, x, noise, dropout_key):
+        return lax.pmean(_device_loss(loss_fn, params, x, noise, dropout_key), DATA_AXIS)
 
-    mapped = jax.shard_map(device_eval, mesh=mesh, in_specs=(P(), P(DATA_AXIS), P()), out_specs=P())
-    return jax.jit(mapped)
+    mapped = jax.shard_map(
+        device_eval,
+        mesh=mesh,
+        in_specs=(P(), P(DATA_AXIS), P(DATA_AXIS), P()),
+        out_specs=P(),
+        check_vma=False,
+    )
+
+    def eval_step(params, images, key):
+        return mapped(params, *_draw_inputs(loss_fn, preprocess, mesh, key, images))
+
+    return jax.jit(eval_step)
