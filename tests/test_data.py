@@ -4,30 +4,11 @@ import jax
 import ml_collections
 import numpy as np
 import pytest
+from conftest import make_data_config as make_config
 
 from score_jax import data
 from score_jax.data.pipeline import BatchPlan, Prefetcher, host_batches
 from score_jax.data.source import ArraySource
-
-
-def make_config(dataset="DIGITS", image_size=8, channels=1, **extra) -> ml_collections.ConfigDict:
-    config = ml_collections.ConfigDict()
-    config.data = ml_collections.ConfigDict(
-        dict(
-            dataset=dataset,
-            image_size=image_size,
-            num_channels=channels,
-            random_flip=True,
-            centered=False,
-            uniform_dequantization=False,
-            data_dir=None,
-            category="",
-            path="",
-            holdout=0,
-        )
-    )
-    config.data.update(extra)
-    return config
 
 
 def epoch_labels(ds) -> np.ndarray:

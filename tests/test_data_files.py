@@ -2,32 +2,12 @@
 
 import warnings
 
-import ml_collections
 import numpy as np
 import pytest
+from conftest import make_data_config as make_config
 from PIL import Image
 
 from score_jax import data
-
-
-def make_config(dataset="DIGITS", image_size=8, channels=1, **extra) -> ml_collections.ConfigDict:
-    config = ml_collections.ConfigDict()
-    config.data = ml_collections.ConfigDict(
-        dict(
-            dataset=dataset,
-            image_size=image_size,
-            num_channels=channels,
-            random_flip=True,
-            centered=False,
-            uniform_dequantization=False,
-            data_dir=None,
-            category="",
-            path="",
-            holdout=0,
-        )
-    )
-    config.data.update(extra)
-    return config
 
 
 def write_npz(path, n, size=4, channels=3, seed=0, **arrays):

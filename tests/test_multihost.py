@@ -10,9 +10,12 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from conftest import cache_env
 
 from score_jax.config import load_config
 from score_jax.train import checkpoints, loop
+
+pytestmark = pytest.mark.usefixtures("compilation_cache")
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = str(REPO / "configs/toy/mixture_vp.py")
@@ -45,39 +48,6 @@ def train_and_dump(config, workdir):
 loop.train = train_and_dump
 sys.exit(cli.main(sys.argv[1:]))
 """
-
-
-@pytest.fixture(scope="module", autouse=True)
-def compilation_cache(tmp_path_factory):
-    """A persistent XLA cache for this module (and the subprocesses it starts).
-
-    Every train() call builds fresh jitted functions; with the cache, calls after the first
-    load the compiled programs instead of compiling them again (halves this module's time).
-    """
-    from jax.experimental.compilation_cache import compilation_cache as cc
-
-    path = tmp_path_factory.getbasetemp() / "jax_cache"
-    names = (
-        "jax_compilation_cache_dir",
-        "jax_persistent_cache_min_compile_time_secs",
-        "jax_persistent_cache_min_entry_size_bytes",
-    )
-    old = {name: getattr(jax.config, name) for name in names}
-    for name, value in zip(names, (str(path), 0, 0), strict=True):
-        jax.config.update(name, value)
-    cc.reset_cache()
-    yield path
-    for name, value in old.items():
-        jax.config.update(name, value)
-    cc.reset_cache()
-
-
-def cache_env(path) -> dict:
-    return {
-        "JAX_COMPILATION_CACHE_DIR": str(path),
-        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-        "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
-    }
 
 
 def free_port() -> int:
