@@ -5,16 +5,11 @@ parameters, batch 16: the size at which the performance issue timed the official
 JAX code on a 2-core CPU.
 """
 
+from configs.bench import shrink_for_cpu_benchmark
 from configs.vp.cifar10_ddpmpp_continuous import get_config as get_official_config
 
 
 def get_config():
     config = get_official_config()
-    config.training.batch_size = 16
-    config.eval.batch_size = 16
-    model = config.model
-    model.nf = 32
-    model.ch_mult = (1, 2, 2, 2)
-    model.num_res_blocks = 2
-    model.attn_resolutions = (16,)
+    shrink_for_cpu_benchmark(config)
     return config
