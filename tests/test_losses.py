@@ -151,7 +151,15 @@ def test_reduce_mean_and_sum():
 
 def test_get_loss_fn_selects_the_official_loss():
     apply = continuous_apply(SDES["vp"])
-    assert losses.get_loss_fn(SDES["vp"], apply, True, continuous=False) is not None
+    x0 = BATCH["image"][:4]
+    key = jax.random.PRNGKey(0)
+    # Continuous losses draw times t in (0, 1]; the discrete ones integer noise levels.
+    continuous = losses.get_loss_fn(SDES["vp"], apply, True).draw_noise(key, x0)
+    assert continuous["t"].dtype == jnp.float32 and "labels" not in continuous
+    for name in ("vp", "ve"):
+        discrete = losses.get_loss_fn(SDES[name], apply, True, continuous=False)
+        labels = discrete.draw_noise(key, x0)["labels"]
+        assert labels.dtype == jnp.int32 and int(labels.max()) < SDES[name].N
     with pytest.raises(ValueError, match="sub-VP"):
         losses.get_loss_fn(SDES["subvp"], apply, True, continuous=False)
     with pytest.raises(ValueError, match="likelihood_weighting"):
