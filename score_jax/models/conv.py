@@ -37,32 +37,37 @@ def _conv(x, w, strides, padding, lhs_dilation=(1, 1), rhs_dilation=(1, 1), out_
     )
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
-def _conv2d(x, w, strides: tuple[int, int], padding: Padding, out_dtype):
-    return _conv(x, w, strides, padding, out_dtype=out_dtype)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
+def _conv2d(x, w, strides: tuple[int, int], padding: Padding, dilation: tuple[int, int], out_dtype):
+    return _conv(x, w, strides, padding, rhs_dilation=dilation, out_dtype=out_dtype)
 
 
-def _conv2d_fwd(x, w, strides, padding, out_dtype):
-    return _conv(x, w, strides, padding, out_dtype=out_dtype), (x, w)
+def _conv2d_fwd(x, w, strides, padding, dilation, out_dtype):
+    out = _conv(x, w, strides, padding, rhs_dilation=dilation, out_dtype=out_dtype)
+    return out, (x, w)
 
 
-def _conv2d_bwd(strides, padding, out_dtype, residuals, dy):
+def _conv2d_bwd(strides, padding, dilation, out_dtype, residuals, dy):
     x, w = residuals
     kh, kw = w.shape[:2]
-    (sh, sw), ((pt, _), (pl, _)) = strides, padding
+    (sh, sw), (dh, dw_), ((pt, _), (pl, _)) = strides, dilation, padding
+    span_h, span_w = (kh - 1) * dh + 1, (kw - 1) * dw_ + 1  # the dilated kernel's extent
     (h, wd), (ho, wo) = x.shape[1:3], dy.shape[1:3]
     # dx: the stride-dilated dy correlated with the flipped kernel, its in/out channels swapped.
     w_flipped = jnp.transpose(w[::-1, ::-1], (0, 1, 3, 2))
     pad_dx = (
-        (kh - 1 - pt, h - sh * (ho - 1) - 1 + pt),
-        (kw - 1 - pl, wd - sw * (wo - 1) - 1 + pl),
+        (span_h - 1 - pt, h - sh * (ho - 1) - 1 + pt),
+        (span_w - 1 - pl, wd - sw * (wo - 1) - 1 + pl),
     )
-    dx = _conv(dy.astype(w.dtype), w_flipped, (1, 1), pad_dx, (sh, sw), out_dtype=jnp.float32)
+    dx = _conv(
+        dy.astype(w.dtype), w_flipped, (1, 1), pad_dx, (sh, sw), dilation, out_dtype=jnp.float32
+    )
     # dw: x as a batch of C_in one-channel-per-example images, dy as a [Ho, Wo, B, C_out] kernel
-    # dilated by the stride; the valid output [C_in, >=kh, >=kw, C_out] is the kernel gradient.
+    # dilated by the stride; output rows and columns a kernel dilation apart, the first kh x kw
+    # of them, are the kernel gradient [C_in, kh, kw, C_out].
     x_t = jnp.transpose(x, (3, 1, 2, 0))
     dy_t = jnp.transpose(dy.astype(x.dtype), (1, 2, 0, 3))
-    dw = _conv(x_t, dy_t, (1, 1), padding, rhs_dilation=(sh, sw), out_dtype=jnp.float32)
+    dw = _conv(x_t, dy_t, dilation, padding, rhs_dilation=(sh, sw), out_dtype=jnp.float32)
     dw = jnp.transpose(dw[:, :kh, :kw, :], (1, 2, 0, 3))
     return dx.astype(x.dtype), dw.astype(w.dtype)
 
@@ -76,16 +81,19 @@ def conv2d(
     strides: Sequence[int] = (1, 1),
     padding: str | Sequence[tuple[int, int]] = "SAME",
     preferred_element_type: Any = None,
+    dilation: Sequence[int] = (1, 1),
 ) -> jax.Array:
     """x [B, H, W, C_in] (*) w [kh, kw, C_in, C_out] -> [B, H', W', C_out], lax semantics.
 
-    padding: 'SAME', 'VALID' or ((top, bottom), (left, right)); the result has
-    `preferred_element_type` (default: the operands' type)."""
+    padding: 'SAME', 'VALID' or ((top, bottom), (left, right)); `dilation` is the kernel's
+    (lax's rhs_dilation); the result has `preferred_element_type` (default: the operands')."""
     strides = tuple(int(s) for s in strides)
+    dilation = tuple(int(d) for d in dilation)
     if isinstance(padding, str):
-        padding = lax.padtype_to_pads(x.shape[1:3], w.shape[:2], strides, padding)
+        span = [(k - 1) * d + 1 for k, d in zip(w.shape[:2], dilation, strict=True)]
+        padding = lax.padtype_to_pads(x.shape[1:3], span, strides, padding)
     padding = tuple((int(lo), int(hi)) for lo, hi in padding)
-    return _conv2d(x, w, strides, padding, preferred_element_type)
+    return _conv2d(x, w, strides, padding, dilation, preferred_element_type)
 
 
 def _is_nhwc(x: jax.Array, w: jax.Array, dimension_numbers) -> bool:
@@ -111,18 +119,20 @@ def conv_general_dilated(
     precision=None,
     preferred_element_type=None,
 ) -> jax.Array:
-    """Drop-in `lax.conv_general_dilated` (e.g. for flax's nn.Conv): plain 2-D NHWC/HWIO
-    convolutions go through `conv2d`, anything else (dilation, groups) to lax unchanged."""
+    """Drop-in `lax.conv_general_dilated` (e.g. for flax's nn.Conv): 2-D NHWC/HWIO convolutions
+    (strided, kernel-dilated or not) go through `conv2d`, anything else (input dilation, groups)
+    to lax unchanged."""
     plain = (
         _is_nhwc(lhs, rhs, dimension_numbers)
         and all(d == 1 for d in (lhs_dilation or (1, 1)))
-        and all(d == 1 for d in (rhs_dilation or (1, 1)))
         and feature_group_count == 1
         and batch_group_count == 1
         and precision is None
     )
     if plain:
-        return conv2d(lhs, rhs, window_strides, padding, preferred_element_type)
+        return conv2d(
+            lhs, rhs, window_strides, padding, preferred_element_type, rhs_dilation or (1, 1)
+        )
     return lax.conv_general_dilated(
         lhs,
         rhs,

@@ -26,12 +26,14 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from score_jax.models import conv
 from score_jax.models.ddpm import compute_dtype, divide_by_sigma
 from score_jax.models.layers import get_act
 
 # Mixed precision: convolutions take `dtype` (bfloat16) operands but accumulate and return
 # float32, so norms, residual sums, pooling and resizing run in float32.
-conv_f32_out = functools.partial(jax.lax.conv_general_dilated, preferred_element_type=jnp.float32)
+# models.conv keeps their gradients fast inside XLA:CPU loops (dilated ones included).
+conv_f32_out = functools.partial(conv.conv_general_dilated, preferred_element_type=jnp.float32)
 
 
 class Stage(NamedTuple):
