@@ -460,7 +460,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
         "--train_unroll",
         choices=("auto", "true", "false"),
         default="auto",
-        help="make_train_step's unroll (auto: its own default)",
+        help="make_train_step's unroll (auto: its default, lax.scan)",
     )
     parser.add_argument("--pc_steps", type=int, default=4, help="noise levels of the PC step")
     parser.add_argument("--full", action="store_true", help="also a full PC sample")

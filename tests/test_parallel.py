@@ -27,7 +27,7 @@ def mixture_batches(n_calls, n_steps, batch, seed=0):
     return points.reshape(n_calls, n_steps, batch, 2).astype(np.float32)
 
 
-def run_steps(config, mesh, batches, unroll=None):
+def run_steps(config, mesh, batches, unroll=False):
     model = MLP(config)
     sde = get_sde(config)
     optimizer = get_optimizer(config)
@@ -96,7 +96,7 @@ def test_eval_step_is_device_count_independent():
 
 
 def test_scan_and_unrolled_steps_agree():
-    """lax.scan (accelerators) and the unrolled loop (CPU default) compute the same steps."""
+    """lax.scan (the default) and the unrolled loop compute the same steps."""
     config = tiny_config(**{"training.n_jitted_steps": 3})
     batches = mixture_batches(1, 3, 8, seed=3)
     mesh = parallel.make_mesh(jax.devices()[:1])

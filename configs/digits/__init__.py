@@ -7,8 +7,7 @@ def set_digits_run(config, n_iters: int) -> None:
     training = config.training
     training.batch_size = 64
     training.n_iters = n_iters
-    # One step per call: XLA:CPU compiles n unrolled steps ~n times slower (and a lax.scan of
-    # them runs slower still), so fusing steps does not pay on a CPU.
+    # One step per call: each call logs, and fusing steps saves little on a CPU.
     training.n_jitted_steps = 1
     training.log_freq = 50
     training.eval_freq = 500
