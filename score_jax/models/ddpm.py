@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from score_jax.models.dropout import Dropout
 from score_jax.models.layers import (
     NIN,
     Downsample,
@@ -78,7 +79,7 @@ class ResnetBlockDDPM(nn.Module):
         if temb is not None:
             h = h + dense(out_ch, dt, name="Dense_0")(self.act(temb))[:, None, None, :]
         h = self.act(group_norm(out_ch, DDPM_GROUPS, dt, name="GroupNorm_1")(h))
-        h = nn.Dropout(self.dropout, deterministic=not train)(h)
+        h = Dropout(self.dropout, deterministic=not train)(h)
         h = conv3x3(out_ch, init_scale=0.0, dtype=dt, name="Conv_1")(h)
         if in_ch != out_ch:
             x = NIN(out_ch, dtype=dt, name="NIN_0")(x)

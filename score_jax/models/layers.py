@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from score_jax.models import conv, upfirdn
+from score_jax.models.dropout import Dropout
 
 Dtype = Any
 Initializer = Callable[..., jax.Array]
@@ -314,7 +315,7 @@ class ResnetBlockDDPMpp(nn.Module):
         h = conv3x3(out_ch, dtype=self.dtype, name="Conv_0")(h)
         h = _add_temb(h, temb, self.act, self.dtype)
         h = self.act(group_norm(out_ch, dtype=self.dtype, name="GroupNorm_1")(h))
-        h = nn.Dropout(self.dropout, deterministic=not train, name="Dropout_0")(h)
+        h = Dropout(self.dropout, deterministic=not train, name="Dropout_0")(h)
         h = conv3x3(out_ch, init_scale=self.init_scale, dtype=self.dtype, name="Conv_1")(h)
         if in_ch != out_ch:
             if self.conv_shortcut:
@@ -359,7 +360,7 @@ class ResnetBlockBigGANpp(nn.Module):
         h = conv3x3(out_ch, dtype=self.dtype, name="Conv_0")(h)
         h = _add_temb(h, temb, self.act, self.dtype)
         h = self.act(group_norm(out_ch, dtype=self.dtype, name="GroupNorm_1")(h))
-        h = nn.Dropout(self.dropout, deterministic=not train, name="Dropout_0")(h)
+        h = Dropout(self.dropout, deterministic=not train, name="Dropout_0")(h)
         h = conv3x3(out_ch, init_scale=self.init_scale, dtype=self.dtype, name="Conv_1")(h)
         if in_ch != out_ch or self.up or self.down:
             x = conv1x1(out_ch, dtype=self.dtype, name="Conv_2")(x)

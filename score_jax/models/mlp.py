@@ -14,6 +14,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from score_jax.models.dropout import Dropout
+
 
 def sinusoidal_embedding(s: jax.Array, dim: int, max_freq: float, min_freq: float) -> jax.Array:
     """[B] -> [B, dim]: sin and cos of s at `dim // 2` geometrically spaced frequencies."""
@@ -48,7 +50,7 @@ class MLP(nn.Module):
         for _ in range(int(m.num_res_blocks)):
             r = nn.Dense(width)(act(nn.LayerNorm()(h)))
             r = r + nn.Dense(width)(act(temb))
-            r = nn.Dropout(float(m.dropout), deterministic=not train)(act(r))
+            r = Dropout(float(m.dropout), deterministic=not train)(act(r))
             h = h + nn.Dense(width, kernel_init=nn.initializers.zeros)(r)
         out = nn.Dense(x[0].size)(act(nn.LayerNorm()(h)))
         if m.get("scale_by_sigma", False):

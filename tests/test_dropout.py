@@ -1,0 +1,70 @@
+"""models.dropout: the unrolled Threefry bits and the Dropout module equal JAX's and flax's."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from score_jax.models import dropout
+
+
+@pytest.mark.parametrize("shape", [(1,), (7,), (3, 5, 4), (2, 8, 8, 16)])
+@pytest.mark.parametrize("typed", [False, True])
+def test_random_bits_equal_jax_random_bits(shape, typed):
+    for seed in (0, 42, 2**31 + 5):
+        key = jax.random.key(seed) if typed else jax.random.PRNGKey(seed)
+        ours = jax.jit(dropout.random_bits, static_argnums=1)(key, shape)
+        np.testing.assert_array_equal(ours, jax.random.bits(key, shape, jnp.uint32))
+
+
+@pytest.mark.parametrize(
+    "word, expected", [(0, (0x6B200159, 0x99BA4EFE)), (0xFFFFFFFF, (0x1CB996FC, 0xBB002BE7))]
+)
+def test_threefry2x32_known_answers(word, expected):
+    """Threefry-2x32, 20 rounds: Random123's known-answer vectors (key = counter = all 0 / 1)."""
+    w = jnp.uint32(word)
+    assert tuple(int(v) for v in dropout.threefry2x32(w, w, w, w)) == expected
+
+
+def test_other_key_types_fall_back_to_jax():
+    key = jax.random.key(3, impl="rbg")
+    np.testing.assert_array_equal(
+        dropout.bernoulli_mask(key, 0.9, (4, 5)), jax.random.bernoulli(key, 0.9, (4, 5))
+    )
+
+
+class TwoDropouts(nn.Module):
+    """Two dropout layers in one scope, as in the residual blocks: checks the rng stream."""
+
+    cls: type
+    rate: float
+
+    @nn.compact
+    def __call__(self, x, train: bool):
+        h = self.cls(self.rate, deterministic=not train)(x)
+        return self.cls(self.rate, deterministic=not train)(h * 2.0)
+
+
+@pytest.mark.parametrize("rate", [0.1, 0.5, 0.0, 1.0])
+def test_dropout_equals_flax_bit_for_bit(rate):
+    x = jax.random.normal(jax.random.PRNGKey(0), (4, 8, 8, 32))
+    rngs = {"dropout": jax.random.PRNGKey(7)}
+    ours = TwoDropouts(dropout.Dropout, rate).apply({}, x, True, rngs=rngs)
+    ref = TwoDropouts(nn.Dropout, rate).apply({}, x, True, rngs=rngs)
+    np.testing.assert_array_equal(ours, ref)
+    if 0.0 < rate < 1.0:
+        kept = float(jnp.mean(ours != 0))  # both layers: (1 - rate)^2 of 8192 values kept
+        se = np.sqrt((1 - rate) ** 2 * (1 - (1 - rate) ** 2) / x.size)
+        assert abs(kept - (1 - rate) ** 2) < 4 * se
+    np.testing.assert_array_equal(TwoDropouts(dropout.Dropout, rate).apply({}, x, False), 2 * x)
+
+
+def test_dropout_gradient_is_the_mask_over_keep_prob():
+    x = jnp.ones((64, 64))
+    rngs = {"dropout": jax.random.PRNGKey(1)}
+    layer = dropout.Dropout(0.25, deterministic=False)
+    grad = jax.grad(lambda v: jnp.sum(layer.apply({}, v, rngs=rngs)))(x)
+    out = layer.apply({}, x, rngs=rngs)
+    np.testing.assert_array_equal(grad, out)  # d(sum)/dx = mask / 0.75 = out at x = 1
+    assert set(np.unique(np.asarray(grad)).tolist()) == {0.0, np.float32(1 / 0.75)}
