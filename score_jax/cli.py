@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from score_jax.config import ConfigError, load_config
+from score_jax.hugepages import reexec_with_hugepages
 
 _DESCRIPTION = "Score-based generative modelling through SDEs, in JAX."
 
@@ -109,6 +110,8 @@ def _run(args: argparse.Namespace, config) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    if argv is None:  # the real command line, not a call from Python
+        reexec_with_hugepages()
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     overrides = [a for a in argv if a.startswith("--config.")]

@@ -41,6 +41,7 @@ if str(REPO) not in sys.path:
 from score_jax import parallel  # noqa: E402
 from score_jax.config import load_config  # noqa: E402
 from score_jax.data import get_dataset, get_scaler  # noqa: E402
+from score_jax.hugepages import reexec_with_hugepages  # noqa: E402
 from score_jax.likelihood import log_likelihood  # noqa: E402
 from score_jax.models import get_model, get_score_fn, init_model  # noqa: E402
 from score_jax.models.mlp import example_input_shape  # noqa: E402
@@ -76,6 +77,26 @@ def compile_ahead(jitted, *args):
         cost = cost[0] if cost else None
     flops = float(cost["flops"]) if cost and cost.get("flops", -1) > 0 else None
     return compiled, seconds, flops
+
+
+def planned_bytes(compiled) -> int | None:
+    """XLA's buffer plan for one call: arguments + outputs (less donated aliases) + temporaries.
+
+    A property of the compiled program on this backend; on a GPU it bounds the device memory a
+    call needs beyond what other programs hold."""
+    try:
+        m = compiled.memory_analysis()
+    except (AttributeError, NotImplementedError, RuntimeError):
+        return None
+    if m is None:
+        return None
+    total = (
+        m.argument_size_in_bytes
+        + m.output_size_in_bytes
+        - m.alias_size_in_bytes
+        + m.temp_size_in_bytes
+    )
+    return int(total)
 
 
 def median_times(
@@ -263,6 +284,7 @@ def bench_train(
         raw = _raw_images(config, (k, *b.shape), rng)
         images = parallel.host_batch_to_global(raw, mesh, batch_axis=1)
         compiled, compile_s, flops = compile_ahead(step, state, images)
+        plan = planned_bytes(compiled)
         call = _threaded_step(compiled, state)
         calls = {"synthetic": functools.partial(call, images), "forward": b.reference["forward"]}
         with tempfile.TemporaryDirectory() as workdir:
@@ -287,6 +309,7 @@ def bench_train(
                 gflop=_g(flops) if k == 1 and not real else None,
                 mfu=flops / per_step / peak if flops and peak and k == 1 else None,
                 dataset=dataset if real else None,
+                plan_mib=None if real or plan is None else plan / 2**20,
                 ratio_to_forward=per_step / forward,
                 forward_ms_alongside=1e3 * forward,
             )
@@ -411,6 +434,7 @@ def environment() -> dict:
         "python": platform.python_version(),
         "versions": versions,
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
     }
 
 
@@ -440,6 +464,7 @@ def format_row(r: dict) -> str:
         ("ratio_to_synthetic", "x synthetic", ".3f"),
         ("gflop", "GFLOP", ".2f"),
         ("mfu", "MFU", ".1%"),
+        ("plan_mib", "XLA plan MiB", ".0f"),
         ("dataset", "data", "s"),
     ):
         if r.get(key) is not None:
@@ -523,6 +548,7 @@ def main(argv: list[str] | None = None) -> dict:
         "config": str(args.config),
         "overrides": overrides,
         "batch": batch,
+        "n_params": int(sum(leaf.size for leaf in jax.tree.leaves(b.params))),
         "dtype": args.dtype,
         "repeats": args.repeats,
         "environment": environment(),
@@ -540,4 +566,5 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
+    reexec_with_hugepages()  # as the score-jax command does: see score_jax/hugepages.py
     main()

@@ -65,6 +65,8 @@ def test_benchmark_writes_every_figure(benchmark_module, tmp_path, capsys):
     assert likelihood["nfe"] > 0
     assert likelihood["ms_per_nfe"] == pytest.approx(likelihood["median_ms"] / likelihood["nfe"])
     assert rows["forward"]["gflop"] > 0  # from XLA's cost analysis
+    # XLA's buffer plan holds at least the state: params, EMA and Adam's two moments (float32).
+    assert train["plan_mib"] * 2**20 >= 4 * 4 * result["n_params"] > 0
     assert result["environment"]["versions"]["jax"] == jax.__version__
     assert result["environment"]["platform"] == "cpu"
     assert result["peak_memory"]["bytes"] > 0
