@@ -65,9 +65,12 @@ def reexec_with_hugepages() -> None:
 
     Call it first thing in a command's entry point: nothing before it survives."""
     env = environment_with_hugepages(os.environ, sys.platform, _glibc_version(), _thp_mode())
-    if env is None:
+    if env is None or not sys.executable:
         return
     argv = [sys.executable, *sys.orig_argv[1:]]
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execve(sys.executable, argv, env)
+    try:
+        os.execve(sys.executable, argv, env)
+    except OSError:  # cannot restart (e.g. a sandbox forbids exec): run as we are
+        return

@@ -68,3 +68,16 @@ def test_dropout_gradient_is_the_mask_over_keep_prob():
     out = layer.apply({}, x, rngs=rngs)
     np.testing.assert_array_equal(grad, out)  # d(sum)/dx = mask / 0.75 = out at x = 1
     assert set(np.unique(np.asarray(grad)).tolist()) == {0.0, np.float32(1 / 0.75)}
+
+
+def test_non_partitionable_threefry_falls_back_to_jax():
+    """With the legacy counter scheme the bits differ, so the module must defer to JAX."""
+    key = jax.random.PRNGKey(11)
+    assert jax.config.jax_threefry_partitionable  # JAX's default, which the module mirrors
+    jax.config.update("jax_threefry_partitionable", False)
+    try:
+        legacy = jax.random.bits(key, (3, 7), jnp.uint32)
+        np.testing.assert_array_equal(dropout.random_bits(key, (3, 7)), legacy)
+    finally:
+        jax.config.update("jax_threefry_partitionable", True)
+    assert not np.array_equal(legacy, jax.random.bits(key, (3, 7), jnp.uint32))

@@ -60,7 +60,8 @@ def random_bits(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
     """uint32 random bits of `shape`, equal to jax.random.bits(key, shape, jnp.uint32)."""
     words = _threefry_key_words(key)
     size = math.prod(shape)
-    if words is None or size >= 2**32 or not jax.config.jax_threefry_partitionable:
+    partitionable = getattr(jax.config, "jax_threefry_partitionable", True)
+    if words is None or size >= 2**32 or not partitionable:
         return jax.random.bits(key, shape, jnp.uint32)
     # Element i hashes the 64-bit counter (0, i); the two output words are xor-ed.
     low = lax.iota(jnp.uint32, size).reshape(shape)
