@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import copy
 import functools
-import inspect
 import json
 import os
 import platform
@@ -263,22 +262,21 @@ def _batch_reader(config, batch: int, k: int, mesh, workdir: str):
 
 
 def bench_train(
-    b: Bench, n_jitted: list[int], data: str, peak: float | None, unroll: bool | None = None
+    b: Bench, n_jitted: list[int], data: str, peak: float | None, unroll: bool = False
 ) -> None:
     """Training steps (forward, backward, Adam, EMA) per call of make_train_step's program.
 
     With data="real" each call also reads its batches through score_jax.data (the training
     loop's path, prefetch thread included); real and synthetic calls alternate, so both medians
     see the same machine load (and so does the forward the ratio is taken to). `unroll` is
-    make_train_step's choice between lax.scan and unrolled steps (None: its default)."""
+    make_train_step's choice between lax.scan (False) and unrolled steps."""
     config, mesh = b.config, parallel.make_mesh()
     optimizer = get_optimizer(config)
     loss_fn = make_loss_fn(config, b.sde, b.model.apply, True)
     rng = np.random.default_rng(0)
     n_devices = mesh.devices.size
     for k in n_jitted:
-        options = {} if unroll is None else {"unroll": unroll}
-        step = make_train_step(config, loss_fn, optimizer, mesh, **options)
+        step = make_train_step(config, loss_fn, optimizer, mesh, unroll=unroll)
         state = create_train_state(b.params, optimizer, jax.random.PRNGKey(0))
         state = parallel.replicate(state, mesh)
         raw = _raw_images(config, (k, *b.shape), rng)
@@ -483,9 +481,9 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--n_jitted_steps", default="1", help="comma list, e.g. 1,5")
     parser.add_argument(
         "--train_unroll",
-        choices=("auto", "true", "false"),
-        default="auto",
-        help="make_train_step's unroll (auto: its default, lax.scan)",
+        choices=("false", "true"),
+        default="false",
+        help="make_train_step's unroll (default: the steps in one lax.scan)",
     )
     parser.add_argument("--pc_steps", type=int, default=4, help="noise levels of the PC step")
     parser.add_argument("--full", action="store_true", help="also a full PC sample")
@@ -513,11 +511,6 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
 
 def main(argv: list[str] | None = None) -> dict:
     args, overrides = parse_args(argv)
-    if (
-        args.train_unroll != "auto"
-        and "unroll" not in inspect.signature(make_train_step).parameters
-    ):
-        raise SystemExit("--train_unroll: this make_train_step has no unroll option")
     config = load_config(args.config, overrides)
     batch = args.batch or config.training.batch_size
     if batch % jax.device_count():
@@ -528,7 +521,7 @@ def main(argv: list[str] | None = None) -> dict:
     peak = device_peak_flops(args.dtype)
     steps = [functools.partial(bench_network, b, peak)]
     if "train" in args.what:
-        unroll = {"auto": None, "true": True, "false": False}[args.train_unroll]
+        unroll = args.train_unroll == "true"
         train = functools.partial(bench_train, b, args.n_jitted_steps, args.data, peak, unroll)
         steps.append(train)
     if "sample" in args.what:
