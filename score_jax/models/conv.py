@@ -16,9 +16,12 @@ import functools
 from collections.abc import Sequence
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax import lax
+
+from score_jax.models.sums import add_bias
 
 _NHWC = ("NHWC", "HWIO", "NHWC")
 Padding = tuple[tuple[int, int], tuple[int, int]]
@@ -146,3 +149,43 @@ def conv_general_dilated(
         precision=precision,
         preferred_element_type=preferred_element_type,
     )
+
+
+class Conv(nn.Module):
+    """`flax.linen.Conv` for NHWC images: same parameters (kernel HWIO, bias), initialisers and
+    dtype promotion, with `conv2d`'s backward pass and the bias gradient as one GEMV.
+
+    `dtype`: the operands' dtype (None: promote input and kernel); `out_dtype`: the convolution's
+    result dtype (float32 keeps bfloat16 operands' results in float32; None: the operands').
+    """
+
+    features: int
+    kernel_size: Sequence[int] = (3, 3)
+    strides: Sequence[int] = (1, 1)
+    padding: str | Sequence[tuple[int, int]] = "SAME"
+    kernel_dilation: Sequence[int] = (1, 1)
+    use_bias: bool = True
+    kernel_init: Any = nn.initializers.lecun_normal()
+    bias_init: Any = nn.initializers.zeros
+    dtype: Any = None
+    out_dtype: Any = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        if x.ndim != 4:
+            raise ValueError(f"Conv expects NHWC images [B, H, W, C], got shape {x.shape}")
+        shape = (*self.kernel_size, x.shape[-1], self.features)
+        kernel = self.param("kernel", self.kernel_init, shape, jnp.float32)
+        dtype = self.dtype or jnp.result_type(x.dtype, kernel.dtype)
+        y = conv2d(
+            x.astype(dtype),
+            kernel.astype(dtype),
+            self.strides,
+            self.padding,
+            self.out_dtype,
+            self.kernel_dilation,
+        )
+        if not self.use_bias:
+            return y
+        bias = self.param("bias", self.bias_init, (self.features,), jnp.float32)
+        return add_bias(y, bias.astype(dtype))

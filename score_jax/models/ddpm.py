@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from score_jax.models import sums
 from score_jax.models.dropout import Dropout
 from score_jax.models.layers import (
     NIN,
@@ -77,7 +78,7 @@ class ResnetBlockDDPM(nn.Module):
         h = self.act(group_norm(in_ch, DDPM_GROUPS, dt, name="GroupNorm_0")(x))
         h = conv3x3(out_ch, dtype=dt, name="Conv_0")(h)
         if temb is not None:
-            h = h + dense(out_ch, dt, name="Dense_0")(self.act(temb))[:, None, None, :]
+            h = sums.add_per_example(h, dense(out_ch, dt, name="Dense_0")(self.act(temb)))
         h = self.act(group_norm(out_ch, DDPM_GROUPS, dt, name="GroupNorm_1")(h))
         h = Dropout(self.dropout, deterministic=not train)(h)
         h = conv3x3(out_ch, init_scale=0.0, dtype=dt, name="Conv_1")(h)

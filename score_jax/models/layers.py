@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from score_jax.models import conv, upfirdn
+from score_jax.models import conv, norm, sums, upfirdn
 from score_jax.models.dropout import Dropout
 
 Dtype = Any
@@ -29,8 +29,7 @@ _SQRT2 = np.sqrt(2.0)
 # Mixed precision: convolutions and matmuls take `dtype` operands (bfloat16 on accelerators) but
 # accumulate and return float32, so normalisation, residual sums and the time embedding stay in
 # float32. Casting only the operands keeps a whole network within ~1e-2 of float32.
-# The convolutions go through models.conv, whose gradients stay fast inside XLA:CPU loops.
-_conv_f32_out = functools.partial(conv.conv_general_dilated, preferred_element_type=jnp.float32)
+# The convolutions are models.conv.Conv, whose gradients stay fast inside XLA:CPU loops.
 _dot_f32_out = functools.partial(jax.lax.dot_general, preferred_element_type=jnp.float32)
 
 
@@ -60,31 +59,30 @@ def conv3x3(
     padding: Any = ((1, 1), (1, 1)),
     dtype: Dtype = jnp.float32,
     name: str | None = None,
-) -> nn.Conv:
+) -> conv.Conv:
     """3x3 convolution with DDPM initialisation and zero bias ('SAME' padding by default)."""
-    return nn.Conv(
+    return conv.Conv(
         features,
         (3, 3),
         strides=(stride, stride),
         padding=padding,
         kernel_init=default_init(init_scale),
         dtype=dtype,
-        conv_general_dilated=_conv_f32_out,
+        out_dtype=jnp.float32,
         name=name,
     )
 
 
 def conv1x1(
     features: int, init_scale: float = 1.0, dtype: Dtype = jnp.float32, name: str | None = None
-) -> nn.Conv:
+) -> conv.Conv:
     """1x1 convolution with DDPM initialisation and zero bias."""
-    return nn.Conv(
+    return conv.Conv(
         features,
         (1, 1),
         padding="VALID",
         kernel_init=default_init(init_scale),
         dtype=dtype,
-        conv_general_dilated=conv.conv_general_dilated,
         name=name,
     )
 
@@ -101,16 +99,14 @@ def group_norm(
     num_groups: int | None = None,
     dtype: Dtype = jnp.float32,
     name: str | None = None,
-) -> nn.GroupNorm:
+) -> norm.GroupNorm:
     """GroupNorm with eps 1e-6; groups default to NCSN++'s min(C // 4, 32).
 
     Always float32 (two-pass variance, like PyTorch); `dtype` is accepted for a uniform API.
     """
     del dtype
     groups = min(channels // 4, 32) if num_groups is None else num_groups
-    return nn.GroupNorm(
-        num_groups=groups, epsilon=1e-6, use_fast_variance=False, dtype=jnp.float32, name=name
-    )
+    return norm.GroupNorm(num_groups=groups, epsilon=1e-6, name=name)
 
 
 class NIN(nn.Module):
@@ -130,7 +126,7 @@ class NIN(nn.Module):
             w.astype(self.dtype),
             preferred_element_type=jnp.float32,
         )
-        return y + b
+        return sums.add_bias(y, b)
 
 
 def get_timestep_embedding(
@@ -238,7 +234,7 @@ class FIRConv2d(nn.Module):
             pad = self.kernel // 2
             x = upfirdn.conv2d(x, w, 1, ((pad, pad), (pad, pad)), self.dtype)
         if self.use_bias:
-            x = x + self.param("bias", nn.initializers.zeros, (self.features,))
+            x = sums.add_bias(x, self.param("bias", nn.initializers.zeros, (self.features,)))
         return x
 
 
@@ -293,7 +289,7 @@ def _add_temb(h: jax.Array, temb: jax.Array | None, act, dtype: Dtype) -> jax.Ar
     """h + Dense_0(act(temb)) broadcast over the pixels (no-op without temb)."""
     if temb is None:
         return h
-    return h + dense(h.shape[-1], dtype=dtype, name="Dense_0")(act(temb))[:, None, None, :]
+    return sums.add_per_example(h, dense(h.shape[-1], dtype=dtype, name="Dense_0")(act(temb)))
 
 
 class ResnetBlockDDPMpp(nn.Module):

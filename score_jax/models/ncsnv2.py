@@ -15,7 +15,6 @@ model.dtype='bfloat16' the convolutions take bfloat16 operands and return float3
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Callable, Sequence
 from typing import ClassVar, NamedTuple
@@ -31,9 +30,8 @@ from score_jax.models.ddpm import compute_dtype, divide_by_sigma
 from score_jax.models.layers import get_act
 
 # Mixed precision: convolutions take `dtype` (bfloat16) operands but accumulate and return
-# float32, so norms, residual sums, pooling and resizing run in float32.
+# float32 (conv.Conv's out_dtype), so norms, residual sums, pooling and resizing run in float32.
 # models.conv keeps their gradients fast inside XLA:CPU loops (dilated ones included).
-conv_f32_out = functools.partial(conv.conv_general_dilated, preferred_element_type=jnp.float32)
 
 
 class Stage(NamedTuple):
@@ -47,15 +45,15 @@ class Stage(NamedTuple):
 
 def torch_default_conv(
     features: int, kernel: int, in_ch: int, name: str, dtype, dilation: int = 1, bias: bool = True
-) -> nn.Conv:
-    """nn.Conv with PyTorch's default Conv2d init (weight and bias U(+-1/sqrt(fan_in))), 'SAME'."""
+) -> conv.Conv:
+    """Conv with PyTorch's default Conv2d init (weight and bias U(+-1/sqrt(fan_in))), 'SAME'."""
     bound = 1.0 / math.sqrt(in_ch * kernel * kernel)
 
     def bias_init(key, shape, dtype=jnp.float32):
         return jax.random.uniform(key, shape, dtype, -bound, bound)
 
     pad = dilation * (kernel // 2)
-    return nn.Conv(
+    return conv.Conv(
         features,
         (kernel, kernel),
         padding=((pad, pad), (pad, pad)),
@@ -64,7 +62,7 @@ def torch_default_conv(
         kernel_init=nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform"),
         bias_init=bias_init,
         dtype=dtype,
-        conv_general_dilated=conv_f32_out,
+        out_dtype=jnp.float32,
         name=name,
     )
 
