@@ -6,8 +6,8 @@ pass 1.7x slower (130 vs 76 ms) and a kernel gradient 2x slower (10.8 vs 4.9 ms 
 on 16x32x32x64) than XLA's Eigen kernels. XLA reads XLA_FLAGS once, when it compiles its first
 program, so importing score_jax appends `--xla_cpu_experimental_ynn_fusion_type=` (no YNNPACK
 fusions) to XLA_FLAGS if nothing has been compiled yet. It leaves XLA_FLAGS alone when the flag
-is already there (yours wins), on CPUs other than x86-64 (not measured), with a jaxlib older
-than 0.10 (which may not know the flag, and XLA aborts on unknown flags), and when
+is already there (yours wins), on CPUs other than x86-64 (not measured), with a jaxlib outside
+0.10-0.11 (releases known to have the flag; XLA aborts on unknown flags), and when
 SCORE_JAX_CPU_YNNPACK=1.
 """
 
@@ -53,7 +53,7 @@ def should_disable_ynnpack(
         return False
     if machine.lower() not in ("x86_64", "amd64"):
         return False
-    if jaxlib_version is None or jaxlib_version < (0, 10):
+    if jaxlib_version is None or not (0, 10) <= jaxlib_version < (0, 12):
         return False
     return not jax_has_compiled
 

@@ -38,6 +38,7 @@ def test_appends_the_flag_once_and_keeps_the_other_flags(monkeypatch):
         ),
         ({}, "arm64", JAXLIB, False),  # not measured there
         ({}, X86, (0, 9), False),  # may not know the flag: XLA would abort
+        ({}, X86, (0, 12), False),  # not known to have it either
         ({}, X86, None, False),
         ({}, X86, JAXLIB, True),  # too late: XLA has read its flags
     ],
