@@ -3,10 +3,10 @@
 Same mathematics, parameters (`scale`, `bias`) and module name as `flax.linen.GroupNorm`
 (two-pass variance, float32 statistics). Why a custom backward: differentiating GroupNorm
 produces sums over the batch and pixel axes (the scale/bias gradients and the per-group means
-of the input gradient). XLA:CPU fuses the whole elementwise backward chain of several layers
-into those column reductions and runs them on its slow loop emitter (35 ms for one
-16x32x32x32 sum). Written as a batched dot with a ones vector, each sum is one GEMV and the
-elementwise work stays in vectorised loop fusions.
+of the input gradient), which XLA:CPU computes on its slow loop emitter with the elementwise
+backward chain fused in (models/sums.py). Here each is one batched GEMV with a ones vector,
+and the elementwise work stays in vectorised loop fusions (config S gradient without YNNPACK:
+480 vs 502 ms with flax's GroupNorm, interleaved).
 """
 
 from __future__ import annotations
