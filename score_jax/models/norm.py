@@ -18,6 +18,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from score_jax.models import sums
+
 
 def _group_stats(x: jax.Array, groups: int, eps: float) -> tuple[jax.Array, jax.Array]:
     """Mean and 1/std per (example, group) of x [N, H, W, C] (two-pass variance): [N, G] each."""
@@ -35,26 +37,21 @@ def _per_channel(stat: jax.Array, channels: int) -> jax.Array:
     return per_channel.reshape(n, 1, 1, channels)
 
 
-def _pixel_sums(y: jax.Array) -> jax.Array:
-    """Sum over H and W of y [N, H, W, K] as one batched matrix-vector product: [N, K]."""
-    n, k = y.shape[0], y.shape[-1]
-    rows = y.reshape(n, -1, k)
-    ones = jnp.ones((rows.shape[1],), y.dtype)
-    return lax.dot_general(rows, ones, (((1,), (0,)), ((), ())))
+def _normalize(x, scale, bias, groups, eps):
+    """(GroupNorm of x, group means, group 1/std)."""
+    mean, rstd = _group_stats(x, groups, eps)
+    c = x.shape[-1]
+    return (x - _per_channel(mean, c)) * _per_channel(rstd, c) * scale + bias, mean, rstd
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
 def group_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, groups: int, eps: float):
     """GroupNorm of x [N, H, W, C] (float32) with per-channel scale and bias [C]."""
-    mean, rstd = _group_stats(x, groups, eps)
-    c = x.shape[-1]
-    return (x - _per_channel(mean, c)) * _per_channel(rstd, c) * scale + bias
+    return _normalize(x, scale, bias, groups, eps)[0]
 
 
 def _group_norm_fwd(x, scale, bias, groups, eps):
-    mean, rstd = _group_stats(x, groups, eps)
-    c = x.shape[-1]
-    y = (x - _per_channel(mean, c)) * _per_channel(rstd, c) * scale + bias
+    y, mean, rstd = _normalize(x, scale, bias, groups, eps)
     return y, (x, mean, rstd, scale)
 
 
@@ -64,8 +61,8 @@ def _group_norm_bwd(groups, eps, residuals, dy):
     n, c = x.shape[0], x.shape[-1]
     rstd_c = _per_channel(rstd, c)
     x_hat = (x - _per_channel(mean, c)) * rstd_c
-    sums = _pixel_sums(jnp.concatenate([dy * x_hat, dy], axis=-1))
-    dy_x_hat, dy_sum = sums[:, :c], sums[:, c:]
+    pixel_sums = sums.sum_pixels(jnp.concatenate([dy * x_hat, dy], axis=-1))
+    dy_x_hat, dy_sum = pixel_sums[:, :c], pixel_sums[:, c:]
     group_size = (x.size // n) // groups
 
     def group_mean(per_channel_sum):  # [N, C] sums of dy * scale (* x_hat) -> [N, G] means

@@ -58,7 +58,8 @@ def add_per_example(y: jax.Array, v: jax.Array) -> jax.Array:
 
 
 def _add_per_example_fwd(y, v):
-    return add_per_example(y, v), (jnp.zeros((0,), y.dtype), jnp.zeros((0,), v.dtype))
+    dtypes = (jnp.zeros((0,), y.dtype), jnp.zeros((0,), v.dtype))
+    return y + _broadcast_per_example(v, y.ndim), dtypes
 
 
 def _add_per_example_bwd(dtypes, dout):
