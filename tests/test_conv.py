@@ -68,29 +68,17 @@ def test_bfloat16_operands_give_float32_output_and_gradients_of_operand_types():
     assert (dx.dtype, dw.dtype) == (jnp.bfloat16, jnp.bfloat16)
 
 
-def test_flax_conv_with_kernel_dilation_takes_the_custom_gradient():
-    """nn.Conv(kernel_dilation=2) routed through conv_general_dilated gives lax's values."""
+def test_conv_module_with_kernel_dilation_takes_the_custom_gradient():
+    """conv.Conv(kernel_dilation=2), as in NCSNv2, goes through conv2d with lax's values."""
     import flax.linen as nn
 
     x = jax.random.normal(jax.random.PRNGKey(7), (2, 9, 9, 3))
-    ours = nn.Conv(4, (3, 3), kernel_dilation=2, conv_general_dilated=conv.conv_general_dilated)
+    ours = conv.Conv(4, (3, 3), kernel_dilation=(2, 2))
     ref = nn.Conv(4, (3, 3), kernel_dilation=2)
     params = ref.init(jax.random.PRNGKey(8), x)
     jaxpr = str(jax.make_jaxpr(lambda p: ours.apply(p, x))(params))
     assert "custom_vjp_call" in jaxpr
     np.testing.assert_allclose(ours.apply(params, x), ref.apply(params, x), rtol=1e-5, atol=1e-5)
-
-
-def test_other_convolutions_fall_through_to_lax():
-    x = jax.random.normal(jax.random.PRNGKey(3), (1, 8, 8, 4))
-    w = jax.random.normal(jax.random.PRNGKey(4), (3, 3, 1, 4))
-    grouped = conv.conv_general_dilated(
-        x, w, (1, 1), "SAME", dimension_numbers=NHWC, feature_group_count=4
-    )
-    ref = lax.conv_general_dilated(
-        x, w, (1, 1), "SAME", dimension_numbers=NHWC, feature_group_count=4
-    )
-    np.testing.assert_array_equal(grouped, ref)
 
 
 def test_gradient_inside_a_loop_has_only_canonical_convolutions():

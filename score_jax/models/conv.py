@@ -99,58 +99,6 @@ def conv2d(
     return _conv2d(x, w, strides, padding, dilation, preferred_element_type)
 
 
-def _is_nhwc(x: jax.Array, w: jax.Array, dimension_numbers) -> bool:
-    if x.ndim != 4 or w.ndim != 4:
-        return False
-    if dimension_numbers is None:  # lax's default is NCHW
-        return False
-    wanted = lax.conv_dimension_numbers(x.shape, w.shape, _NHWC)
-    given = lax.conv_dimension_numbers(x.shape, w.shape, dimension_numbers)
-    return given == wanted
-
-
-def conv_general_dilated(
-    lhs: jax.Array,
-    rhs: jax.Array,
-    window_strides: Sequence[int],
-    padding,
-    lhs_dilation: Sequence[int] | None = None,
-    rhs_dilation: Sequence[int] | None = None,
-    dimension_numbers=None,
-    feature_group_count: int = 1,
-    batch_group_count: int = 1,
-    precision=None,
-    preferred_element_type=None,
-) -> jax.Array:
-    """Drop-in `lax.conv_general_dilated` (e.g. for flax's nn.Conv): 2-D NHWC/HWIO convolutions
-    (strided, kernel-dilated or not) go through `conv2d`, anything else (input dilation, groups)
-    to lax unchanged."""
-    plain = (
-        _is_nhwc(lhs, rhs, dimension_numbers)
-        and all(d == 1 for d in (lhs_dilation or (1, 1)))
-        and feature_group_count == 1
-        and batch_group_count == 1
-        and precision is None
-    )
-    if plain:
-        return conv2d(
-            lhs, rhs, window_strides, padding, preferred_element_type, rhs_dilation or (1, 1)
-        )
-    return lax.conv_general_dilated(
-        lhs,
-        rhs,
-        window_strides,
-        padding,
-        lhs_dilation=lhs_dilation,
-        rhs_dilation=rhs_dilation,
-        dimension_numbers=dimension_numbers,
-        feature_group_count=feature_group_count,
-        batch_group_count=batch_group_count,
-        precision=precision,
-        preferred_element_type=preferred_element_type,
-    )
-
-
 class Conv(nn.Module):
     """`flax.linen.Conv` for NHWC images: same parameters (kernel HWIO, bias), initialisers and
     dtype promotion, with `conv2d`'s backward pass and the bias gradient as one GEMV.
