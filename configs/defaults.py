@@ -111,7 +111,7 @@ def get_default_configs() -> ml_collections.ConfigDict:
     model.remat = False
 
     config.optim = optim = ml_collections.ConfigDict()
-    optim.weight_decay = 0
+    optim.weight_decay = 0.0
     optim.optimizer = "Adam"
     optim.lr = 2e-4
     optim.beta1 = 0.9
