@@ -109,7 +109,7 @@ def set_ncsnv2(
     model.nf = 128
     model.interpolation = "bilinear"
     optim = config.optim
-    optim.weight_decay = 0
+    optim.weight_decay = 0.0
     optim.optimizer = "Adam"
     optim.lr = lr
     optim.beta1 = 0.9
