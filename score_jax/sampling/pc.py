@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -24,6 +25,9 @@ from score_jax.sampling.predictors import (
     no_predictor,
 )
 from score_jax.sde import SDE, ScoreFn
+
+# project(key, x, x_mean, t) -> (x, x_mean): a constraint applied after each PC step.
+Projection = Callable[[jax.Array, jax.Array, jax.Array, jax.Array], tuple[jax.Array, jax.Array]]
 
 # Samplers run in at most this many compiled chunks when a progress bar is shown.
 PROGRESS_CHUNKS = 50
@@ -70,6 +74,7 @@ _STATIC = (
     "probability_flow",
     "eps",
     "axis_name",
+    "project",
 )
 
 
@@ -89,19 +94,30 @@ def _pc_steps(
     probability_flow,
     eps,
     axis_name,
+    project,
 ):
     """PC steps start, ..., start + num - 1 from state x; returns (x, x_mean) after the last.
 
     Step i uses time linspace(T, eps, N)[i] and the key fold_in(key, i), so running the steps in
-    chunks gives the same samples as one run. With `masked`, steps i >= N are skipped."""
+    chunks gives the same samples as one run. With `masked`, steps i >= N are skipped. With
+    `project`, the corrector's result is projected at t_i and the predictor's at t_{i+1}
+    (0 after the last step)."""
     timesteps = jnp.linspace(sde.T, eps, sde.N, dtype=x.dtype)
 
     def step(carry, i):
         x, _ = carry
         t = jnp.full((x.shape[0],), timesteps[jnp.minimum(i, sde.N - 1)], x.dtype)
-        k_corrector, k_predictor = jax.random.split(jax.random.fold_in(key, i))
-        x, _ = corrector(k_corrector, sde, score_fn, x, t, snr, n_steps, axis_name)
-        return predictor(k_predictor, sde, score_fn, x, t, probability_flow)
+        step_key = jax.random.fold_in(key, i)
+        k_corrector, k_predictor = jax.random.split(step_key)
+        x, x_mean = corrector(k_corrector, sde, score_fn, x, t, snr, n_steps, axis_name)
+        if project is not None:
+            x, x_mean = project(jax.random.fold_in(step_key, 2), x, x_mean, t)
+        x, x_mean = predictor(k_predictor, sde, score_fn, x, t, probability_flow)
+        if project is not None:
+            landed = jnp.where(i + 1 < sde.N, timesteps[jnp.minimum(i + 1, sde.N - 1)], 0.0)
+            t_next = jnp.full_like(t, landed)
+            x, x_mean = project(jax.random.fold_in(step_key, 3), x, x_mean, t_next)
+        return x, x_mean
 
     def body(carry, i):
         if masked:
@@ -118,16 +134,19 @@ _pc_chunk = jax.jit(_pc_steps, static_argnames=("num", "masked", *_STATIC))
 
 @functools.partial(jax.jit, static_argnames=("shape", "denoise", *_STATIC))
 def _pc_whole(key, *, shape, denoise, **kwargs):
-    k_prior, k_steps = jax.random.split(key)
-    x = kwargs["sde"].prior_sampling(k_prior, shape)
+    x, k_steps = _prior(key, shape=shape, sde=kwargs["sde"], project=kwargs["project"])
     x, x_mean = _pc_steps(k_steps, x, 0, num=kwargs["sde"].N, masked=False, **kwargs)
     return x_mean if denoise else x
 
 
-@functools.partial(jax.jit, static_argnames=("shape", "sde"))
-def _prior(key, *, shape, sde):
+@functools.partial(jax.jit, static_argnames=("shape", "sde", "project"))
+def _prior(key, *, shape, sde, project=None):
     k_prior, k_steps = jax.random.split(key)
-    return sde.prior_sampling(k_prior, shape), k_steps
+    x = sde.prior_sampling(k_prior, shape)
+    if project is not None:
+        t = jnp.full((shape[0],), sde.T, x.dtype)
+        x, _ = project(jax.random.fold_in(k_prior, 1), x, x, t)
+    return x, k_steps
 
 
 def pc_sample(
@@ -144,6 +163,7 @@ def pc_sample(
     eps: float = 1e-3,
     progress: bool = False,
     axis_name: str | None = None,
+    project: Projection | None = None,
 ) -> tuple[jax.Array, int]:
     """Samples x [shape] from the model by predictor-corrector sampling; returns (x, nfe).
 
@@ -153,6 +173,9 @@ def pc_sample(
     retrace. axis_name: the mapped batch axis when called inside shard_map (see `langevin`).
     progress=True runs it in up to PROGRESS_CHUNKS compiled chunks (the same program
     each time) with a progress bar between them; it cannot be used under an outer jax.jit.
+    project(key, x, x_mean, t) -> (x, x_mean), when given, constrains the state after the prior
+    draw and after every corrector and predictor step (t: the state's time [B]); inpainting and
+    colorization (`score_jax.controllable`) replace the known part of x with it.
     """
     predictor_fn = resolve_predictor(predictor)
     corrector_fn = resolve_corrector(corrector)
@@ -172,6 +195,7 @@ def pc_sample(
         probability_flow=bool(probability_flow),
         eps=float(eps),
         axis_name=axis_name,
+        project=project,
     )
     nfe = pc_nfe(sde, predictor_fn, corrector_fn, n_steps)
     shape = tuple(int(d) for d in shape)
@@ -183,7 +207,7 @@ def pc_sample(
             "pc_sample(progress=True) runs compiled chunks from Python and cannot be traced "
             "inside jax.jit; use progress=False there."
         )
-    x, k_steps = _prior(key, shape=shape, sde=sde)
+    x, k_steps = _prior(key, shape=shape, sde=sde, project=project)
     chunk = math.ceil(sde.N / min(PROGRESS_CHUNKS, sde.N))
     masked = sde.N % chunk != 0
     with tqdm(total=sde.N, desc="sampling", unit="step") as bar:
