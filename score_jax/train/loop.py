@@ -3,14 +3,21 @@
 The loop resumes from the latest checkpoint in `workdir`, feeds `n_jitted_steps` global batches
 per compiled call, and after each call looks at the losses once on the host: a NaN or Inf stops
 the run (naming the step) before anything is saved, so the last checkpoint on disk is always a
-finite state. SIGTERM (preemption) saves the current state and returns. Process 0 alone writes
-metrics (`metrics.jsonl`, TensorBoard), the progress bar and sample pictures; every process
-takes part in checkpointing, as Orbax requires.
+finite state. SIGTERM (preemption) saves the current state and returns; SIGINT (Ctrl-C) saves
+it and raises KeyboardInterrupt (the CLI exits with 130). A resumed run logs the step and the
+checkpoint it starts from, runs only the remaining steps (the log's last line counts them), and
+continues the training and evaluation streams and the per-step keys fold_in(rng, step) where
+they were, so its final state is bitwise that of a run that never stopped, whatever
+`n_jitted_steps` each part used. Process 0 alone writes metrics (`metrics.jsonl`, TensorBoard;
+what an interrupted run logged after its last checkpoint is dropped on resume), the progress bar
+and sample pictures; every process takes part in checkpointing, as Orbax requires.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import signal
 import time
 from collections.abc import Iterator
@@ -37,28 +44,46 @@ class TrainingDivergedError(ValueError):
 
 
 class _StopSignal:
-    """Turns SIGTERM into a flag the loop checks after each compiled call."""
+    """Turns SIGTERM (preemption) and SIGINT (Ctrl-C) into a flag the loop checks after each
+    compiled call.
+
+    The handlers stay installed until the last checkpoint is written, so a second signal (a
+    repeated SIGTERM, an impatient Ctrl-C) cannot cut that save short: it only prints a note.
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
     def __init__(self):
-        self.raised = False
-        self._previous = None
+        self.name: str | None = None
+        self._previous = {}
 
     def __enter__(self):
-        try:
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
-        except ValueError:  # not the main thread: no preemption handling
-            self._previous = None
+        for signum in self.SIGNALS:
+            with contextlib.suppress(ValueError):  # not the main thread: no signal handling
+                self._previous[signum] = signal.signal(signum, self._handle)
         return self
 
     def _handle(self, signum, frame):
-        self.raised = True
+        if self.name is None:
+            self.name = signal.Signals(signum).name
+            return
+        # No logging here: a handler may interrupt the logging module while it holds its lock.
+        note = (
+            f"{signal.Signals(signum).name}: already stopping after {self.name}; saving the "
+            "checkpoint first (SIGKILL aborts; the last finished checkpoint stays valid).\n"
+        )
+        os.write(2, note.encode())
 
     def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+
+    @property
+    def raised(self) -> bool:
+        return self.name is not None
 
     def agreed(self) -> bool:
-        """True on every process once any process got SIGTERM."""
+        """True on every process once any process got a stop signal."""
         if jax.process_count() == 1:
             return self.raised
         from jax.experimental import multihost_utils
@@ -126,8 +151,33 @@ def _first_bad(losses: np.ndarray, norms: np.ndarray) -> int | None:
     return int(np.argmax(bad)) if bad.any() else None
 
 
+def _restore_or_init(config, mesh, optimizer, manager, workdir: Path) -> tuple[TrainState, bool]:
+    """(state, resumed): the latest checkpoint's state, or the seed's initial state."""
+    state = _initial_state(config, mesh, optimizer)
+    restored = checkpoints.restore_state(manager, state, parallel.replicated(mesh))
+    if restored is None:
+        return state, False
+    return restored, True
+
+
+def _log_start(workdir: Path, start: int, resumed: bool, mesh, n_iters: int) -> None:
+    directory = checkpoints.checkpoint_dir(workdir) / str(start)
+    where = f"Resuming from step {start} (checkpoint {directory})" if resumed else "Starting"
+    log.info(
+        "%s in %s on %d device(s), %d process(es); %d step(s) to run.",
+        where,
+        workdir,
+        mesh.devices.size,
+        jax.process_count(),
+        max(n_iters - start, 0),
+    )
+
+
 def train(config: ml_collections.ConfigDict, workdir: str | Path) -> TrainState:
-    """Trains (or resumes) until config.training.n_iters; returns the final state."""
+    """Trains (or resumes) until config.training.n_iters; returns the final state.
+
+    SIGTERM saves the current state and returns it; SIGINT (Ctrl-C) saves it and raises
+    KeyboardInterrupt. Either way a rerun resumes from that checkpoint."""
     from score_jax.models import get_model
 
     workdir = Path(workdir)
@@ -141,43 +191,31 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> TrainState:
     sde = get_sde(config)
     model = get_model(config)
     optimizer = get_optimizer(config)
-    state = _initial_state(config, mesh, optimizer)
-    keep = int(t.keep_checkpoints)
-    manager = checkpoints.make_manager(workdir, t.snapshot_freq, keep)
-    restored = checkpoints.restore_state(manager, state, parallel.replicated(mesh))
-    if restored is not None:
-        state = restored
+    manager = checkpoints.make_manager(workdir, t.snapshot_freq, int(t.keep_checkpoints))
+    state, resumed = _restore_or_init(config, mesh, optimizer, manager, workdir)
     start = int(jax.device_get(state.step.addressable_data(0)))
-    last_saved = start if restored is not None else None
     if is_main:
-        verb = f"Resuming from step {start}" if restored is not None else "Starting"
-        log.info(
-            "%s in %s on %d device(s), %d process(es).",
-            verb,
-            workdir,
-            mesh.devices.size,
-            jax.process_count(),
-        )
+        _log_start(workdir, start, resumed, mesh, t.n_iters)
 
     train_step = make_train_step(
         config, make_loss_fn(config, sde, model.apply, True), optimizer, mesh
     )
-    eval_step = make_eval_step(config, make_loss_fn(config, sde, model.apply, False), mesh)
-    eval_batches = host_batches(config, "test", config.eval.batch_size, config.seed + 1)
-    eval_key = jax.random.PRNGKey(config.seed + 2)
+    evaluate = _make_evaluate(config, sde, model, mesh, start)
     sampler = make_snapshot_sampler(config, sde, model) if t.snapshot_sampling else None
-    writer = MetricsWriter(workdir)
+    writer = MetricsWriter(workdir, start_step=start)
     bar = _progress_bar(start, t.n_iters, is_main)
+    last_saved = start if resumed else None
 
     def save(state: TrainState) -> None:
         nonlocal last_saved
         checkpoints.save_state(manager, state)
         last_saved = int(jax.device_get(state.step.addressable_data(0)))
 
-    step = start
+    step, stopped, ran, calls = start, False, 0, 0
     started = time.perf_counter()
-    try:
-        with _StopSignal() as stop:
+    # The handlers outlive the loop: the final wait for the asynchronous save is covered too.
+    with _StopSignal() as stop:
+        try:
             for n, images in _train_stream(config, mesh, start):
                 tic = time.perf_counter()
                 state, (losses, norms) = train_step(state, images)
@@ -192,37 +230,37 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> TrainState:
                             step + bad, losses[bad], norms[bad], last_saved, workdir
                         )
                     )
-                first, step = step, step + n
+                first, step, ran, calls = step, step + n, ran + n, calls + 1
                 rate = n / max(time.perf_counter() - tic, 1e-9)
                 _log_steps(writer, first, losses, norms, t.log_freq)
                 bar.update(n)
                 bar.set_postfix(loss=f"{losses[-1]:.4g}", steps_per_s=f"{rate:.2f}")
                 if step % t.eval_freq == 0:
-                    batch = next(eval_batches)["image"]
-                    images = parallel.host_batch_to_global(batch, mesh)
-                    key = jax.random.fold_in(eval_key, step)
-                    eval_loss = eval_step(state.ema_params, images, key)
-                    writer.write(step, {"eval_loss": float(eval_loss.addressable_data(0))})
+                    writer.write(step, {"eval_loss": evaluate(state.ema_params, step)})
                 if step % t.snapshot_freq_for_preemption == 0 or step % t.snapshot_freq == 0:
                     save(state)
                 if sampler is not None and step % t.snapshot_freq == 0:
                     sampler(state.ema_params, step, workdir)
                 if stop.agreed():
-                    if last_saved != step:
-                        save(state)
-                    log.info("SIGTERM: saved step %d in %s; exiting.", step, workdir)
-                    return state
+                    stopped = True
+                    break
             if last_saved != step:
                 save(state)
-    finally:
-        manager.wait_until_finished()
-        manager.close()
-        writer.close()
-        bar.close()
+        finally:
+            manager.wait_until_finished()
+            manager.close()
+            writer.close()
+            bar.close()
+    # A signal during the final save counts too, except where other processes may not know it.
+    if stopped or (stop.raised and jax.process_count() == 1):
+        return _stopped(stop.name, state, step, (ran, calls), workdir, is_main)
     if is_main:
         log.info(
-            "Training finished at step %d; checkpoints in %s.",
+            "Training finished at step %d after %d step(s) in %d call(s) in this run; "
+            "checkpoints in %s.",
             step,
+            ran,
+            calls,
             checkpoints.checkpoint_dir(workdir),
         )
     if t.final_report:
@@ -230,6 +268,40 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> TrainState:
 
         final_report(config, workdir, step, state.ema_params, time.perf_counter() - started)
     return state
+
+
+def _stopped(name: str | None, state: TrainState, step: int, ran, workdir, is_main):
+    """Ends a run stopped by a signal: its state was saved; SIGINT goes on as Ctrl-C."""
+    name = name or "stop signal on another process"
+    if is_main:
+        log.info(
+            "%s: saved step %d in %s after %d step(s) in %d call(s) in this run; exiting.",
+            name,
+            step,
+            checkpoints.checkpoint_dir(workdir),
+            *ran,
+        )
+    if name == "SIGINT":
+        raise KeyboardInterrupt(f"SIGINT: saved step {step}")
+    return state
+
+
+def _make_evaluate(config, sde, model, mesh, start: int):
+    """(EMA parameters, step) -> the held-out loss on the next evaluation batch.
+
+    The batches continue where a run that never stopped would be at `start`, so a resumed run
+    logs the same evaluation losses as one that never stopped."""
+    eval_step = make_eval_step(config, make_loss_fn(config, sde, model.apply, False), mesh)
+    done = start // config.training.eval_freq
+    batches = host_batches(config, "test", config.eval.batch_size, config.seed + 1, done)
+    key = jax.random.PRNGKey(config.seed + 2)
+
+    def evaluate(params, step: int) -> float:
+        images = parallel.host_batch_to_global(next(batches)["image"], mesh)
+        loss = eval_step(params, images, jax.random.fold_in(key, step))
+        return float(loss.addressable_data(0))
+
+    return evaluate
 
 
 def _divergence_message(step: int, loss, norm, last_saved: int | None, workdir: Path) -> str:
