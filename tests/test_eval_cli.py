@@ -184,30 +184,61 @@ def test_fid_stats_file_matches_its_images(e2e):
     np.testing.assert_allclose(saved["sigma"], cov, rtol=1e-9, atol=1e-15)
 
 
-def test_eval_end_to_end_and_resume_after_kill(e2e, monkeypatch, capsys):
+@pytest.fixture(scope="module")
+def evaluated(e2e):
+    """One uninterrupted evaluation into eval_once: (report, its batch folder)."""
     import json
 
-    from score_jax.evaluation import metrics, run
-
     assert _eval(e2e, "eval_once") == 0
-    once = json.loads((e2e["root"] / "work" / "eval_once" / "report_5.json").read_text())
-    assert "inception_score" in capsys.readouterr().out  # the summary table
-    for key in ("fid", "inception_score", "kid", "eval_loss", "bits_per_dim"):
-        assert np.isfinite(once[key]), key
-    # A random network on 8-bit data: many bits/dim, but a finite, positive number.
-    assert once["bits_per_dim"] > 0 and once["bpd_dataset"] == "test"
-    assert once["num_samples"] == 6 and once["ckpt"] == 1
+    folder = e2e["root"] / "work" / "eval_once"
+    return json.loads((folder / "report_5.json").read_text()), folder / "ckpt_5"
 
-    # The reported FID is that of the saved features (6 of the 8 drawn) vs the stats file.
-    folder = e2e["root"] / "work" / "eval_once" / "ckpt_5"
-    pool = np.concatenate([np.load(folder / f"batch_{r}.npz")["pool_3"] for r in (0, 1)])[:6]
+
+def _saved(folder, key, num=6):
+    """Array `key` of batch files 0 and 1 (eval.batch_size 4), the first `num` rows."""
+    return np.concatenate([np.load(folder / f"batch_{r}.npz")[key] for r in (0, 1)])[:num]
+
+
+def test_eval_reports_metrics_of_its_saved_samples(e2e, evaluated, capsys):
+    """FID, IS and KID equal the formulas applied to the Inception outputs of the saved samples."""
+    from score_jax.evaluation import metrics
+    from score_jax.evaluation.features import FeatureExtractor
+    from score_jax.evaluation.weights import load_inception_variables
+
+    once, folder = evaluated
+    assert once["num_samples"] == 6 and once["ckpt"] == 1 and once["bpd_dataset"] == "test"
+    assert np.isfinite(once["eval_loss"]) and once["bits_per_dim"] > 0
+    # The saved features are the Inception outputs of the saved samples: pool3 [.., 2048] and
+    # the 1008 logits, not one in place of the other.
+    samples = _saved(folder, "samples")
+    pool, logits = _saved(folder, "pool_3"), _saved(folder, "logits")
+    assert samples.dtype == np.uint8 and samples.shape == (6, 8, 8, 1)
+    assert pool.shape == (6, 2048) and logits.shape == (6, 1008)
+    extractor = FeatureExtractor(load_inception_variables(e2e["cfg"]), batch_size=4)
+    pool_again, logits_again = extractor(samples.astype(np.float32) / 255.0)
+    np.testing.assert_allclose(pool, pool_again, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(logits, logits_again, rtol=1e-5, atol=1e-5)
+
     ref = stats.load_stats(e2e["stats"])
     pool = pool.astype(np.float64)
     fid = metrics.frechet_distance(
         pool.mean(0), np.cov(pool, rowvar=False), ref["mu"], ref["sigma"]
     )
     assert once["fid"] == pytest.approx(fid, rel=1e-9)
+    assert once["inception_score"] == pytest.approx(metrics.inception_score(logits, 1)[0], 1e-9)
+    np.testing.assert_allclose(
+        once["inception_score_10_splits"], metrics.inception_score(logits, 6)
+    )
+    kid_mean, kid_std = metrics.kid(pool, ref["pool_3"])
+    assert (once["kid"], once["kid_std"]) == pytest.approx((kid_mean, kid_std), rel=1e-9)
 
+
+def test_eval_resumes_after_kill_with_the_same_numbers(e2e, evaluated, monkeypatch, capsys):
+    import json
+
+    from score_jax.evaluation import run
+
+    once = dict(evaluated[0])
     # Kill after the first sample batch is saved, then restart: same numbers as one go.
     real_save = run.save_npz_atomic
     calls = []
@@ -228,13 +259,14 @@ def test_eval_end_to_end_and_resume_after_kill(e2e, monkeypatch, capsys):
     first_batch = (resumed_dir / "ckpt_5" / "batch_0.npz").stat().st_mtime_ns
     monkeypatch.setattr(run, "save_npz_atomic", real_save)
     assert _eval(e2e, "eval_killed") == 0
+    assert "inception_score" in capsys.readouterr().out  # the summary table
     resumed = json.loads((resumed_dir / "report_5.json").read_text())
     assert (resumed_dir / "ckpt_5" / "batch_0.npz").stat().st_mtime_ns == first_batch
     once.pop("fid_stats"), resumed.pop("fid_stats")
     assert resumed == once
 
 
-def test_sample_cli_writes_npz_and_grid_equal_to_eval_batches(e2e, tmp_path):
+def test_sample_cli_writes_npz_and_grid_equal_to_eval_batches(e2e, evaluated, tmp_path):
     out = tmp_path / "samples.npz"
     argv = ["sample", "--config", str(e2e["config"]), "--workdir", str(e2e["root"] / "work")]
     assert cli.main([*argv, "--num", "5", "--out", str(out)]) == 0
@@ -243,19 +275,16 @@ def test_sample_cli_writes_npz_and_grid_equal_to_eval_batches(e2e, tmp_path):
     assert samples.dtype == np.uint8 and samples.shape == (5, 8, 8, 1)
     assert out.with_suffix(".png").is_file()
     # Same checkpoint, seed and batch size: the same draws as eval's first batches.
-    folder = e2e["root"] / "work" / "eval_once" / "ckpt_5"
-    if not folder.is_dir():
-        pytest.skip("runs after test_eval_end_to_end_and_resume_after_kill")
-    evaluated = np.concatenate([np.load(folder / f"batch_{r}.npz")["samples"] for r in (0, 1)])
-    np.testing.assert_array_equal(samples, evaluated[:5])
+    np.testing.assert_array_equal(samples, _saved(evaluated[1], "samples", 5))
 
 
-def test_saved_batches_of_other_sampling_settings_are_refused(e2e, capsys):
-    folder = e2e["root"] / "work" / "eval_once"
-    if not (folder / "report_5.json").is_file():
-        pytest.skip("runs after test_eval_end_to_end_and_resume_after_kill")
-    (folder / "report_5.json").unlink()  # forces the checkpoint to be evaluated again
+def test_saved_batches_of_other_sampling_settings_are_refused(e2e, evaluated, capsys):
+    import shutil
+
+    # A copy of a finished evaluation without its report, so the checkpoint is evaluated again.
+    folder = e2e["root"] / "work" / "eval_settings"
+    shutil.copytree(evaluated[1].parent, folder, ignore=shutil.ignore_patterns("report_*"))
     with pytest.raises(SystemExit) as failed:
-        _eval(e2e, "eval_once", "--config.sampling.predictor=reverse_diffusion")
+        _eval(e2e, "eval_settings", "--config.sampling.predictor=reverse_diffusion")
     assert failed.value.code == 1
     assert "other settings (sampling changed)" in capsys.readouterr().err
