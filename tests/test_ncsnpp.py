@@ -2,7 +2,9 @@
 
 The fixtures (../shared/reference, README there) hold official weights, inputs and outputs of two
 small NCSN++ variants: ncsnpp_ve_small (FIR, Fourier, output_skip / input_skip, scale_by_sigma)
-and ddpmpp_vp_small (naive resampling, positional embedding, centered data).
+and ddpmpp_vp_small (naive resampling, positional embedding, centered data). The residual input
+and output pyramids (FIR and naive), combine_method='cat' and the discrete VE labels are checked
+against official values in tests/test_official_fixtures.py; the option sets here only run them.
 """
 
 import json
