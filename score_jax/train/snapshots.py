@@ -1,7 +1,8 @@
 """Sample pictures during training: the configured sampler on the EMA parameters.
 
-The sampler comes from `score_jax.sampling.get_sampler`; where it is not available the loop
-runs without snapshots and says so once. Sampling runs on process 0's first device only.
+The sampler comes from `score_jax.sampling.get_sampler` and is built before training starts;
+a sampler that cannot be built is an error (set training.snapshot_sampling=False to train
+without pictures). Sampling runs on process 0's first device only.
 """
 
 from __future__ import annotations
@@ -55,13 +56,9 @@ def make_snapshot_sampler(config, sde: SDE, model: nn.Module):
     """fn(ema_params, step, workdir) writing <workdir>/samples/step_<step>.png, or None."""
     if jax.process_index() != 0:
         return None
-    try:
-        sample = make_sample_fn(config, sde, model, NUM_SNAPSHOT_SAMPLES)
-    except Exception as err:  # noqa: BLE001 -- a broken sampler must not stop training
-        log.warning(
-            "Snapshot sampling skipped: no usable sampler (%s: %s).", type(err).__name__, err
-        )
-        return None
+    # Built before the first step, so a bad sampling config fails the run at once instead of
+    # training for hours without the pictures it asked for.
+    sample = make_sample_fn(config, sde, model, NUM_SNAPSHOT_SAMPLES)
     key = jax.random.PRNGKey(config.seed + 3)
 
     def snapshot(ema_params, step: int, workdir: str | Path) -> Path:
