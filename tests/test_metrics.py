@@ -94,6 +94,23 @@ def test_kid_equals_direct_unbiased_mmd():
         metrics.kid(x, np.zeros((30, 3)))
 
 
+def test_kid_closed_forms():
+    # Two point masses a and b in d dims: every kernel value is known, so is the U-statistic.
+    d = 3
+    a, b = np.array([1.0, -2.0, 0.5]), np.array([0.0, 1.0, 2.0])
+    x, y = np.tile(a, (8, 1)), np.tile(b, (6, 1))
+    exact = (a @ a / d + 1) ** 3 + (b @ b / d + 1) ** 3 - 2 * (a @ b / d + 1) ** 3
+    assert metrics.kid(x, y, num_subsets=3, subset_size=5)[0] == pytest.approx(exact, rel=1e-12)
+    # Two samples of one distribution: the unbiased estimate has expectation 0. Subsets share
+    # rows, so their mean is not 200 independent draws; one subset's spread bounds it safely.
+    rng = np.random.default_rng(5)
+    mean, std = metrics.kid(rng.normal(size=(400, 6)), rng.normal(size=(400, 6)), 200, 100)
+    assert abs(mean) < std
+    assert metrics.kid(rng.normal(size=(400, 6)), rng.normal(size=(400, 6)) + 1.0, 200, 100)[0] > (
+        20 * std
+    )
+
+
 def _inception_score_direct(logits, splits):
     scores, n = [], len(logits)
     for i in range(splits):  # Salimans et al.: chunk i is [i * n // splits, (i + 1) * n // splits)
