@@ -110,9 +110,10 @@ def _run(args: argparse.Namespace, config) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    if argv is None:  # the real command line, not a call from Python
-        reexec_with_hugepages()
+    from_command_line = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
+    if from_command_line and not {"-h", "--help"} & set(argv):
+        reexec_with_hugepages()  # a no-op where JAX will not run on the CPU
     parser = build_parser()
     overrides = [a for a in argv if a.startswith("--config.")]
     args = parser.parse_args([a for a in argv if not a.startswith("--config.")])

@@ -5,7 +5,8 @@ this large out as new mappings, so every call page-faults its whole working set 
 86,000 faults, ~100 ms, per training call of the small CIFAR-10 configs (337 MiB of temporaries;
 a step is ~330 ms). With glibc's `glibc.malloc.hugetlb=1` tunable, malloc asks for transparent
 huge pages and the same call takes ~530 faults. The tunable is read when a process starts, so
-the command line re-executes itself once with it set (Linux, glibc >= 2.35, THP not disabled);
+the command line re-executes itself once with it set (Linux, glibc >= 2.35, THP not disabled,
+and only where JAX will run on the CPU: never on a GPU or TPU host, see backend_probe.py);
 set SCORE_JAX_HUGEPAGES=0 to opt out. In a notebook, start the kernel with the variable set:
 GLIBC_TUNABLES=glibc.malloc.hugetlb=1.
 """
@@ -15,6 +16,8 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Mapping
+
+from score_jax import backend_probe
 
 TUNABLE = "glibc.malloc.hugetlb=1"
 _THP_SETTING = "/sys/kernel/mm/transparent_hugepage/enabled"
@@ -64,6 +67,8 @@ def reexec_with_hugepages() -> None:
     """Replaces this process by the same command line with the tunable set, when it helps.
 
     Call it first thing in a command's entry point: nothing before it survives."""
+    if not backend_probe.will_run_on_cpu():
+        return
     env = environment_with_hugepages(os.environ, sys.platform, _glibc_version(), _thp_mode())
     if env is None or not sys.executable:
         return

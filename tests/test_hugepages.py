@@ -60,3 +60,21 @@ def test_restart_sets_the_tunable_once_and_keeps_the_arguments():
     ).stdout.splitlines()
     # Two starts (before and after the restart), then the restarted process's view.
     assert out == ["started", "started", "glibc.malloc.hugetlb=1 ['a b', '--c=1']"]
+
+
+def test_no_restart_on_an_accelerator_host_or_for_help(monkeypatch):
+    from score_jax import backend_probe, cli
+
+    restarts = []
+    monkeypatch.setattr(hugepages.os, "execve", lambda *args: restarts.append(args))
+    monkeypatch.setattr(hugepages, "environment_with_hugepages", lambda *a: {"X": "1"})
+    monkeypatch.setattr(backend_probe, "will_run_on_cpu", lambda environ=None: False)
+    hugepages.reexec_with_hugepages()
+    assert restarts == []
+    monkeypatch.setattr(backend_probe, "will_run_on_cpu", lambda environ=None: True)
+    hugepages.reexec_with_hugepages()
+    assert len(restarts) == 1  # the same set-up restarts where JAX runs on the CPU
+    monkeypatch.setattr(cli.sys, "argv", ["score-jax", "train", "--help"])
+    with pytest.raises(SystemExit) as done:
+        cli.main()
+    assert done.value.code == 0 and len(restarts) == 1

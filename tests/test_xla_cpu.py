@@ -7,7 +7,7 @@ import textwrap
 
 import pytest
 
-from score_jax import xla_cpu
+from score_jax import backend_probe, xla_cpu
 
 X86, JAXLIB = "x86_64", (0, 10)
 
@@ -74,3 +74,40 @@ def test_importing_score_jax_compiles_without_ynnpack_fusions():
     assert probe({}) == f"{xla_cpu.FLAG} | False"
     # Opting out leaves XLA's default, which fuses this convolution into YNNPACK.
     assert probe({xla_cpu.OPT_OUT: "1"}) == "| True"
+
+
+@pytest.mark.parametrize(
+    "platforms, plugins, cpu",
+    [
+        ("cpu", [], True),
+        ("CPU", ["jax_cuda12_plugin"], True),  # asked for explicitly: the plugin is unused
+        ("cuda", [], False),
+        ("tpu,cpu", [], False),  # the first entry is the default backend
+        ("", ["jax_cuda12_plugin"], False),
+        ("", ["libtpu"], False),
+        ("", [], True),
+    ],
+)
+def test_default_backend_decision(platforms, plugins, cpu):
+    assert backend_probe.default_backend_is_cpu(platforms, plugins) is cpu
+
+
+def test_never_on_an_accelerator_host():
+    assert not xla_cpu.should_disable_ynnpack({}, X86, JAXLIB, False, runs_on_cpu=False)
+
+
+_ENV_PROBE = "import os, score_jax; print(repr(os.environ.get('XLA_FLAGS')))"
+
+
+def test_import_changes_no_environment_where_jax_will_use_an_accelerator(tmp_path):
+    """JAX_PLATFORMS=tpu, or no JAX_PLATFORMS and a CUDA plugin installed: XLA_FLAGS untouched."""
+    plugin = tmp_path / "jax_plugins" / "jax_cuda12_plugin"
+    plugin.mkdir(parents=True)
+    (plugin / "__init__.py").write_text("")
+    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")}
+    for extra in ({"JAX_PLATFORMS": "tpu"}, {"PYTHONPATH": str(tmp_path)}):
+        out = subprocess.run(
+            [sys.executable, "-c", _ENV_PROBE], env={**env, **extra}, capture_output=True, text=True
+        )
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.strip() == "None", extra
