@@ -279,6 +279,29 @@ def finish(proc, timeout: float = 120) -> str:
     return output(proc)
 
 
+def test_metrics_writer_drops_what_follows_the_resume_step(tmp_path):
+    """The cheap path of the resume rule: records after the resume step leave metrics.jsonl
+    (also a line torn by a kill mid-write) and TensorBoard, whatever the order of the files."""
+    from score_jax.train.metrics import MetricsWriter
+
+    writer = MetricsWriter(tmp_path, enabled=True, start_step=0)
+    for step in range(1, 7):
+        writer.write(step, {"loss": step})
+    writer.close()
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write('{"step": 7, "lo')  # torn by kill -9
+    writer = MetricsWriter(tmp_path, enabled=True, start_step=2)
+    for step in range(3, 5):
+        writer.write(step, {"loss": 10 * step})
+    writer.close()
+    writer = MetricsWriter(tmp_path, enabled=True, start_step=4)  # resumed, nothing logged
+    writer.close()
+    expected = [(1, 1.0), (2, 2.0), (3, 30.0), (4, 40.0)]
+    assert [(r["step"], r["loss"]) for r in read_metrics(tmp_path)] == expected
+    assert read_tensorboard(tmp_path) == {"loss": expected}
+    assert len(list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))) == 3
+
+
 def test_kill_during_async_save_then_resume_with_other_n_jitted_steps(
     reference, tmp_path, compilation_cache, monkeypatch, caplog
 ):

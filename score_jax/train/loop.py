@@ -16,12 +16,14 @@ and sample pictures; every process takes part in checkpointing, as Orbax require
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import jax
 import ml_collections
@@ -173,6 +175,30 @@ def _log_start(workdir: Path, start: int, resumed: bool, mesh, n_iters: int) -> 
     )
 
 
+@dataclasses.dataclass(frozen=True)
+class _Parts:
+    """What the loop drives: the compiled steps, metrics, checkpoints and the progress bar."""
+
+    mesh: Any
+    manager: Any
+    train_step: Callable
+    evaluate: Callable[[Any, int], float]
+    sampler: Callable | None
+    writer: MetricsWriter
+    bar: Any
+
+
+@dataclasses.dataclass
+class _Progress:
+    """Where the run is: its step, last saved step, and the steps and calls it executed."""
+
+    step: int
+    last_saved: int | None
+    ran: int = 0
+    calls: int = 0
+    stopped: bool = False
+
+
 def train(config: ml_collections.ConfigDict, workdir: str | Path) -> TrainState:
     """Trains (or resumes) until config.training.n_iters; returns the final state.
 
@@ -196,93 +222,106 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> TrainState:
     start = int(jax.device_get(state.step.addressable_data(0)))
     if is_main:
         _log_start(workdir, start, resumed, mesh, t.n_iters)
-
-    train_step = make_train_step(
-        config, make_loss_fn(config, sde, model.apply, True), optimizer, mesh
+    parts = _Parts(
+        mesh=mesh,
+        manager=manager,
+        train_step=make_train_step(
+            config, make_loss_fn(config, sde, model.apply, True), optimizer, mesh
+        ),
+        evaluate=_make_evaluate(config, sde, model, mesh, start),
+        sampler=make_snapshot_sampler(config, sde, model) if t.snapshot_sampling else None,
+        writer=MetricsWriter(workdir, start_step=start),
+        bar=_progress_bar(start, t.n_iters, is_main),
     )
-    evaluate = _make_evaluate(config, sde, model, mesh, start)
-    sampler = make_snapshot_sampler(config, sde, model) if t.snapshot_sampling else None
-    writer = MetricsWriter(workdir, start_step=start)
-    bar = _progress_bar(start, t.n_iters, is_main)
-    last_saved = start if resumed else None
-
-    def save(state: TrainState) -> None:
-        nonlocal last_saved
-        checkpoints.save_state(manager, state)
-        last_saved = int(jax.device_get(state.step.addressable_data(0)))
-
-    step, stopped, ran, calls = start, False, 0, 0
+    progress = _Progress(step=start, last_saved=start if resumed else None)
     started = time.perf_counter()
     # The handlers outlive the loop: the final wait for the asynchronous save is covered too.
     with _StopSignal() as stop:
         try:
-            for n, images in _train_stream(config, mesh, start):
-                tic = time.perf_counter()
-                state, (losses, norms) = train_step(state, images)
-                losses, norms = (
-                    np.asarray(losses.addressable_data(0)),
-                    np.asarray(norms.addressable_data(0)),
-                )
-                bad = _first_bad(losses, norms)
-                if bad is not None:
-                    raise TrainingDivergedError(
-                        _divergence_message(
-                            step + bad, losses[bad], norms[bad], last_saved, workdir
-                        )
-                    )
-                first, step, ran, calls = step, step + n, ran + n, calls + 1
-                rate = n / max(time.perf_counter() - tic, 1e-9)
-                _log_steps(writer, first, losses, norms, t.log_freq)
-                bar.update(n)
-                bar.set_postfix(loss=f"{losses[-1]:.4g}", steps_per_s=f"{rate:.2f}")
-                if step % t.eval_freq == 0:
-                    writer.write(step, {"eval_loss": evaluate(state.ema_params, step)})
-                if step % t.snapshot_freq_for_preemption == 0 or step % t.snapshot_freq == 0:
-                    save(state)
-                if sampler is not None and step % t.snapshot_freq == 0:
-                    sampler(state.ema_params, step, workdir)
-                if stop.agreed():
-                    stopped = True
-                    break
-            if last_saved != step:
-                save(state)
+            state = _run_calls(config, workdir, parts, state, progress, stop)
         finally:
             manager.wait_until_finished()
             manager.close()
-            writer.close()
-            bar.close()
+            parts.writer.close()
+            parts.bar.close()
     # A signal during the final save counts too, except where other processes may not know it.
-    if stopped or (stop.raised and jax.process_count() == 1):
-        return _stopped(stop.name, state, step, (ran, calls), workdir, is_main)
+    if progress.stopped or (stop.raised and jax.process_count() == 1):
+        return _stopped(stop.name, state, progress, workdir, is_main)
     if is_main:
         log.info(
             "Training finished at step %d after %d step(s) in %d call(s) in this run; "
             "checkpoints in %s.",
-            step,
-            ran,
-            calls,
+            progress.step,
+            progress.ran,
+            progress.calls,
             checkpoints.checkpoint_dir(workdir),
         )
     if t.final_report:
         from score_jax.train.report import final_report
 
-        final_report(config, workdir, step, state.ema_params, time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        final_report(config, workdir, progress.step, state.ema_params, elapsed)
     return state
 
 
-def _stopped(name: str | None, state: TrainState, step: int, ran, workdir, is_main):
+def _run_calls(config, workdir: Path, parts: _Parts, state, progress: _Progress, stop):
+    """Runs the compiled calls from progress.step to n_iters, or until a stop signal, logging,
+    evaluating and saving on the way; the state it ends with is saved too."""
+    t = config.training
+    for n, images in _train_stream(config, parts.mesh, progress.step):
+        tic = time.perf_counter()
+        state, (losses, norms) = parts.train_step(state, images)
+        losses, norms = (
+            np.asarray(losses.addressable_data(0)),
+            np.asarray(norms.addressable_data(0)),
+        )
+        first = progress.step
+        bad = _first_bad(losses, norms)
+        if bad is not None:
+            raise TrainingDivergedError(
+                _divergence_message(
+                    first + bad, losses[bad], norms[bad], progress.last_saved, workdir
+                )
+            )
+        step = progress.step = first + n
+        progress.ran, progress.calls = progress.ran + n, progress.calls + 1
+        rate = n / max(time.perf_counter() - tic, 1e-9)
+        _log_steps(parts.writer, first, losses, norms, t.log_freq)
+        parts.bar.update(n)
+        parts.bar.set_postfix(loss=f"{losses[-1]:.4g}", steps_per_s=f"{rate:.2f}")
+        if step % t.eval_freq == 0:
+            parts.writer.write(step, {"eval_loss": parts.evaluate(state.ema_params, step)})
+        if step % t.snapshot_freq_for_preemption == 0 or step % t.snapshot_freq == 0:
+            _save(parts.manager, state, progress)
+        if parts.sampler is not None and step % t.snapshot_freq == 0:
+            parts.sampler(state.ema_params, step, workdir)
+        if stop.agreed():
+            progress.stopped = True
+            break
+    if progress.last_saved != progress.step:
+        _save(parts.manager, state, progress)
+    return state
+
+
+def _save(manager, state: TrainState, progress: _Progress) -> None:
+    checkpoints.save_state(manager, state)
+    progress.last_saved = progress.step
+
+
+def _stopped(name: str | None, state: TrainState, progress: _Progress, workdir, is_main):
     """Ends a run stopped by a signal: its state was saved; SIGINT goes on as Ctrl-C."""
     name = name or "stop signal on another process"
     if is_main:
         log.info(
             "%s: saved step %d in %s after %d step(s) in %d call(s) in this run; exiting.",
             name,
-            step,
+            progress.step,
             checkpoints.checkpoint_dir(workdir),
-            *ran,
+            progress.ran,
+            progress.calls,
         )
     if name == "SIGINT":
-        raise KeyboardInterrupt(f"SIGINT: saved step {step}")
+        raise KeyboardInterrupt(f"SIGINT: saved step {progress.step}")
     return state
 
 
