@@ -97,3 +97,78 @@ def _mean_coeff_and_std(sde: SDE, t: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Mean coefficient a(t) [B] and std(t) [B] of the SDE's perturbation kernel."""
     mean, std = sde.marginal_prob(jnp.ones((t.shape[0], 1)), t)
     return mean[:, 0], std
+
+
+def _class_logits(gm: GaussianMixture, sde: SDE, x: jax.Array, t: jax.Array) -> jax.Array:
+    coeff, std = _mean_coeff_and_std(sde, t)
+    means = coeff[:, None, None] * gm.means[None]  # [B, K, D]
+    var = (coeff[:, None] * gm.stds[None]) ** 2 + std[:, None] ** 2  # [B, K]
+    flat = x.reshape(x.shape[0], -1)
+    sq = jnp.sum((flat[:, None, :] - means) ** 2, axis=-1)
+    return jnp.log(gm.weights) - 0.5 * gm.dim * jnp.log(var) - 0.5 * sq / var
+
+
+def mixture_class_logits_fn(gm: GaussianMixture, sde: SDE):
+    """logits_fn(x [B, ...], t [B]) -> log p_t(k | x) [B, K]: the exact noise-conditional
+    classifier when each mixture component is a class (softmax-normalised)."""
+
+    def logits_fn(x: jax.Array, t: jax.Array) -> jax.Array:
+        return jax.nn.log_softmax(_class_logits(gm, sde, x, t), axis=-1)
+
+    return logits_fn
+
+
+@dataclasses.dataclass(frozen=True)
+class Gaussian:
+    """N(mean, cov) with a full covariance; mean [D], cov [D, D] symmetric positive definite.
+
+    Under a linear SDE p_t = N(a mean, a^2 cov + std^2 I), whose score is exact for every t
+    through the eigendecomposition cov = U diag(lam) U^T computed once here."""
+
+    mean: jax.Array
+    cov: jax.Array
+
+    def __post_init__(self):
+        mean = jnp.asarray(self.mean, float)
+        cov = jnp.asarray(self.cov, float)
+        if mean.ndim != 1 or cov.shape != (mean.shape[0], mean.shape[0]):
+            raise ValueError(
+                f"Gaussian needs mean [D] and cov [D, D]; got {mean.shape}, {cov.shape}"
+            )
+        object.__setattr__(self, "mean", mean)
+        object.__setattr__(self, "cov", 0.5 * (cov + cov.T))
+
+    @property
+    def dim(self) -> int:
+        return self.mean.shape[0]
+
+    def sample(self, key: jax.Array, n: int) -> jax.Array:
+        """n exact samples [n, D]."""
+        chol = jnp.linalg.cholesky(self.cov)
+        return self.mean + jax.random.normal(key, (n, self.dim)) @ chol.T
+
+    def conditional(self, known: jax.Array, values: jax.Array) -> Gaussian:
+        """p(x_u | x_k = values[known]) over the unknown coordinates (known: bool [D])."""
+        known = jnp.asarray(known, bool)
+        k, u = jnp.flatnonzero(known), jnp.flatnonzero(~known)
+        s_kk, s_uk = self.cov[k][:, k], self.cov[u][:, k]
+        gain = jnp.linalg.solve(s_kk, s_uk.T).T  # S_uk S_kk^-1
+        mean = self.mean[u] + gain @ (jnp.asarray(values)[k] - self.mean[k])
+        return Gaussian(mean, self.cov[u][:, u] - gain @ s_uk.T)
+
+    def linear(self, matrix: jax.Array) -> Gaussian:
+        """The law of matrix @ x: N(A mean, A cov A^T)."""
+        matrix = jnp.asarray(matrix, float)
+        return Gaussian(matrix @ self.mean, matrix @ self.cov @ matrix.T)
+
+    def score_fn(self, sde: SDE) -> ScoreFn:
+        """score_fn(x [B, ...] with D entries per example, t [B]) -> exact score of p_t."""
+        lam, vecs = jnp.linalg.eigh(self.cov)
+
+        def score_fn(x: jax.Array, t: jax.Array) -> jax.Array:
+            coeff, std = _mean_coeff_and_std(sde, t)
+            centred = x.reshape(x.shape[0], -1) - coeff[:, None] * self.mean
+            var = coeff[:, None] ** 2 * lam + std[:, None] ** 2  # [B, D] eigenvalues of cov_t
+            return (-((centred @ vecs) / var) @ vecs.T).reshape(x.shape)
+
+        return score_fn
