@@ -67,7 +67,33 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("convert", help="convert an official score_sde_pytorch checkpoint")
     _add_common(p)
     p.add_argument("--checkpoint", required=True, help="official .pth checkpoint file")
+    _add_controllable(sub)
     return parser
+
+
+def _add_controllable(sub) -> None:
+    """train-classifier, inpaint, colorize, cond-sample (score_jax.controllable_cli)."""
+    p = sub.add_parser("train-classifier", help="train a noise-conditional classifier")
+    _add_common(p)
+    images = "PNG or .npz of images in [0, 1] (uint8 or float)"
+    for name, what in (("inpaint", "fill the unknown pixels"), ("colorize", "color gray images")):
+        p = sub.add_parser(name, help=f"{what} of images with a score model")
+        _add_common(p)
+        p.add_argument("--image", required=True, help=images)
+        if name == "inpaint":
+            p.add_argument("--mask", required=True, help="mask file (nonzero = known) or a half")
+        p.add_argument("--num_samples", type=int, default=4, help="samples per image")
+    p = sub.add_parser("cond-sample", help="class-conditional samples guided by a classifier")
+    _add_common(p)
+    p.add_argument("--classifier_config", required=True, help="the classifier's config file")
+    p.add_argument("--classifier_workdir", required=True, help="the classifier's run directory")
+    p.add_argument("--class", dest="label", type=int, required=True, help="class index")
+    p.add_argument("--num", type=int, default=64, help="number of samples")
+    p.add_argument("--scale", type=float, default=1.0, help="classifier guidance scale")
+    for p in (sub.choices[n] for n in ("inpaint", "colorize", "cond-sample")):
+        p.add_argument("--out", required=True, help="output PNG grid (samples: .npz beside it)")
+        p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+        p.add_argument("--seed", type=int, default=0, help="random seed")
 
 
 def _initialize_distributed(args: argparse.Namespace) -> None:
@@ -107,6 +133,10 @@ def _run(args: argparse.Namespace, config) -> None:
         from score_jax.models.convert import convert_checkpoint
 
         convert_checkpoint(config, args.checkpoint, args.workdir)
+    elif args.command in ("train-classifier", "inpaint", "colorize", "cond-sample"):
+        from score_jax.controllable_cli import run_command
+
+        run_command(args, config)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,33 @@
+"""The noise-conditional classifier for the digits score model of `vp_ddpmpp.py`.
+
+`score-jax train-classifier --config configs/digits/classifier.py --workdir runs/digits_cls`
+trains it on the same data, SDE and scaling as the score model, so that
+`score-jax cond-sample --config configs/digits/vp_ddpmpp.py --workdir runs/digits
+--classifier_config configs/digits/classifier.py --classifier_workdir runs/digits_cls --class 3`
+can guide that model. The network is the paper's Wide-ResNet, narrowed for 8x8 images:
+WRN-10-2 (one block per group, widths 32/64/128) instead of CIFAR-10's WRN-28-10.
+"""
+
+from configs.digits import vp_ddpmpp
+
+
+def get_config():
+    config = vp_ddpmpp.get_config()
+
+    classifier = config.classifier = type(config)()
+    classifier.num_classes = 10
+    classifier.blocks_per_group = 1
+    classifier.channel_multiplier = 2
+    # The official time embedding: 128 Gaussian Fourier features of log(std), scale 16.
+    classifier.embedding_size = 128
+    classifier.fourier_scale = 16.0
+    # Diffusion times of the training examples, t ~ U(eps, T) as in the score model's loss.
+    classifier.eps = 1e-5
+
+    training = config.training
+    training.n_iters = 2000
+    training.eval_freq = 500
+    training.snapshot_freq = 2000
+    training.final_report = False
+    config.model.ema_rate = 0.999
+    return config
