@@ -51,6 +51,22 @@ def get_default_configs() -> ml_collections.ConfigDict:
     sampling.sde_solver = "euler"
     # project: its number of steps; None means the SDE's N (model.num_scales).
     sampling.sde_steps = None
+    # project: the fast samplers, sampling.method = "dpm_solver++" (multistep 2M),
+    # "dpm_solver" (singlestep 1/2/3S) or "heun" (EDM): steps = score evaluations (NFE).
+    sampling.steps = 20
+    # project: solver order: dpm_solver++ 1 | 2, dpm_solver 1 | 2 | 3 (heun is order 2).
+    sampling.order = 2
+    # project: time steps: logsnr | time_uniform | time_quadratic | edm; "default" is logsnr
+    # for the DPM-Solvers and edm (sigma^(1/rho) uniform) for heun.
+    sampling.schedule = "default"
+    sampling.rho = 7.0
+    # project: lower-order final steps (DPM-Solver++ below 15 steps; DPM-Solver-fast's split).
+    sampling.lower_order_final = True
+    # project: EDM's stochastic Heun (s_churn > 0); s_tmin / s_tmax in EDM sigma units.
+    sampling.s_churn = 0.0
+    sampling.s_tmin = 0.0
+    sampling.s_tmax = float("inf")
+    sampling.s_noise = 1.0
 
     config.eval = evaluate = ml_collections.ConfigDict()
     evaluate.begin_ckpt = 9

@@ -55,6 +55,18 @@ class SDE(Protocol):
 
     def reverse(self, score_fn: ScoreFn, probability_flow: bool = False) -> ReverseSDE: ...
 
+    def alpha_sigma(self, t: jax.Array) -> tuple[jax.Array, jax.Array]: ...
+
+    def log_snr(self, t: jax.Array) -> jax.Array: ...
+
+    def t_from_log_snr(self, lam: jax.Array) -> jax.Array: ...
+
+    def edm_sigma(self, t: jax.Array) -> jax.Array: ...
+
+    def t_from_edm_sigma(self, sigma: jax.Array) -> jax.Array: ...
+
+    def data_prediction(self, x: jax.Array, t: jax.Array, score: jax.Array) -> jax.Array: ...
+
 
 class _SDEBase:
     """Shared pieces: T, the Euler-Maruyama discretisation and the reverse-time SDE."""
@@ -74,6 +86,25 @@ class _SDEBase:
 
     def reverse(self, score_fn: ScoreFn, probability_flow: bool = False) -> ReverseSDE:
         return ReverseSDE(self, score_fn, probability_flow)
+
+    # The fast samplers' view of an SDE: its perturbation kernel x_t = alpha_t x_0 + sigma_t z.
+    # Every linear SDE here is fixed by that pair: f = d log(alpha)/dt and
+    # g^2 = d(sigma^2)/dt - 2 f sigma^2 = -2 sigma^2 d(lambda)/dt, lambda = log(alpha / sigma).
+    # The methods act elementwise on t of any shape (a scalar time or a batch [B]).
+
+    def edm_sigma(self, t: jax.Array) -> jax.Array:
+        """EDM's noise level sigma_t / alpha_t = exp(-lambda(t)) of x_t / alpha_t."""
+        return jnp.exp(-self.log_snr(t))
+
+    def t_from_edm_sigma(self, sigma: jax.Array) -> jax.Array:
+        """The time t whose EDM noise level is `sigma`: the inverse of `edm_sigma`."""
+        return self.t_from_log_snr(-jnp.log(sigma))
+
+    def data_prediction(self, x: jax.Array, t: jax.Array, score: jax.Array) -> jax.Array:
+        """Tweedie's E[x_0 | x_t] = (x + sigma_t^2 score) / alpha_t from the score at (x [B, ...],
+        t [B])."""
+        alpha, sigma = self.alpha_sigma(t)
+        return (x + batch_broadcast(sigma**2, x) * score) / batch_broadcast(alpha, x)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,6 +177,17 @@ class VESDE(_SDEBase):
     def marginal_prob(self, x, t):
         return x, self.sigma(t)
 
+    def alpha_sigma(self, t):
+        """(1, sigma(t)): VE adds noise without scaling the data."""
+        return jnp.ones_like(t), self.sigma(t)
+
+    def log_snr(self, t):
+        """lambda(t) = -log sigma(t), linear in t."""
+        return -(math.log(self.sigma_min) + t * math.log(self.sigma_max / self.sigma_min))
+
+    def t_from_log_snr(self, lam):
+        return (-lam - math.log(self.sigma_min)) / math.log(self.sigma_max / self.sigma_min)
+
     def prior_sampling(self, key, shape):
         return jax.random.normal(key, shape) * self.sigma_max
 
@@ -202,6 +244,12 @@ class _BetaSchedule(_SDEBase):
     def prior_logp(self, z):
         return _standard_normal_logp(z, 1.0)
 
+    def _t_from_integrated_beta(self, B: jax.Array) -> jax.Array:
+        """The t >= 0 with int_0^t beta = B, the positive root of the quadratic, written so that
+        it loses no digits at small B."""
+        delta = self.beta_max - self.beta_min
+        return 2.0 * B / (self.beta_min + jnp.sqrt(self.beta_min**2 + 2.0 * delta * B))
+
     @functools.cached_property
     def _tables(self) -> dict[str, np.ndarray]:
         betas = np.linspace(self.beta_min / self.N, self.beta_max / self.N, self.N)
@@ -253,6 +301,19 @@ class VPSDE(_BetaSchedule):
         lmc = self.log_mean_coeff(t)
         return batch_broadcast(jnp.exp(lmc), x) * x, jnp.sqrt(1.0 - jnp.exp(2.0 * lmc))
 
+    def alpha_sigma(self, t):
+        """(alpha, sqrt(1 - alpha^2)), alpha = exp(-1/2 int_0^t beta)."""
+        lmc = self.log_mean_coeff(t)
+        return jnp.exp(lmc), jnp.sqrt(-jnp.expm1(2.0 * lmc))
+
+    def log_snr(self, t):
+        lmc = self.log_mean_coeff(t)
+        return lmc - 0.5 * jnp.log(-jnp.expm1(2.0 * lmc))
+
+    def t_from_log_snr(self, lam):
+        """exp(-2 lambda) = 1 / alpha^2 - 1, so int_0^t beta = log(1 + exp(-2 lambda))."""
+        return self._t_from_integrated_beta(jnp.logaddexp(0.0, -2.0 * lam))
+
     def discretize(self, x, t):
         """DDPM chain: x_i = sqrt(1 - beta_i) x_{i-1} + sqrt(beta_i) z."""
         i = self.timestep(t)
@@ -274,6 +335,21 @@ class SubVPSDE(_BetaSchedule):
     def marginal_prob(self, x, t):
         lmc = self.log_mean_coeff(t)
         return batch_broadcast(jnp.exp(lmc), x) * x, 1.0 - jnp.exp(2.0 * lmc)
+
+    def alpha_sigma(self, t):
+        """(alpha, 1 - alpha^2): the same mean as VP, the square of its variance. Not on the
+        unit circle, which no fast sampler here needs (see the note on _SDEBase)."""
+        lmc = self.log_mean_coeff(t)
+        return jnp.exp(lmc), -jnp.expm1(2.0 * lmc)
+
+    def log_snr(self, t):
+        lmc = self.log_mean_coeff(t)
+        return lmc - jnp.log(-jnp.expm1(2.0 * lmc))
+
+    def t_from_log_snr(self, lam):
+        """alpha exp(-lambda) = 1 - alpha^2 gives alpha = 1 / exp(arcsinh(exp(-lambda) / 2)), so
+        int_0^t beta = -2 log alpha = 2 arcsinh(exp(-lambda) / 2)."""
+        return self._t_from_integrated_beta(2.0 * jnp.arcsinh(0.5 * jnp.exp(-lam)))
 
 
 SDES: dict[str, type] = {"vesde": VESDE, "vpsde": VPSDE, "subvpsde": SubVPSDE}

@@ -19,11 +19,19 @@ device its own key and pass `axis_name` so that the Langevin step size uses the 
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable
 
 import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from score_jax.sampling.dpm_solver import (
+    check_dpm_options,
+    dpm_solver_pp_sample,
+    dpm_solver_sample,
+    singlestep_orders,
+)
+from score_jax.sampling.edm import check_heun_options, heun_sample
 from score_jax.sampling.ode import ode_sample
 from score_jax.sampling.pc import pc_sample, resolve_corrector, resolve_predictor
 from score_jax.sampling.predictors import ancestral_sampling, check_ancestral
@@ -31,7 +39,9 @@ from score_jax.sampling.sde_solve import check_sde_solver, sde_sample
 from score_jax.sde import SDE, VESDE, ScoreFn
 
 SampleFn = Callable[[jax.Array, ScoreFn], tuple[jax.Array, jax.Array]]
-METHODS = ("pc", "ode", "sde")
+METHODS = ("pc", "ode", "sde", "dpm_solver++", "dpm_solver", "heun")
+# The fast samplers' time schedule when config.sampling.schedule is "default".
+DEFAULT_SCHEDULES = {"dpm_solver++": "logsnr", "dpm_solver": "logsnr", "heun": "edm"}
 
 
 def default_eps(sde: SDE) -> float:
@@ -48,9 +58,10 @@ def get_sampler(
 ) -> SampleFn:
     """sample_fn(key, score_fn) -> (x [shape], nfe) as config.sampling says.
 
-    Reads sampling.method ('pc' | 'ode' | 'sde'); for 'pc' predictor, corrector, snr,
-    n_steps_each, probability_flow and noise_removal; for 'ode' rtol, atol and noise_removal;
-    for 'sde' sde_solver, sde_steps (None: the SDE's N) and noise_removal. eps defaults to
+    Reads sampling.method ('pc' | 'ode' | 'sde' | 'dpm_solver++' | 'dpm_solver' | 'heun'); for
+    'pc' predictor, corrector, snr, n_steps_each, probability_flow and noise_removal; for 'ode'
+    rtol, atol and noise_removal; for 'sde' sde_solver, sde_steps (None: the SDE's N) and
+    noise_removal; for the fast samplers see `fast_sampler`. eps defaults to
     `default_eps(sde)`. Names are checked here, so a bad config fails before any compilation.
     """
     s = config.sampling
@@ -94,7 +105,33 @@ def get_sampler(
             eps=eps,
             denoise=denoise,
         )
+    if method in DEFAULT_SCHEDULES:
+        return fast_sampler(s, method, sde, shape, eps, denoise)
     raise ValueError(f"config.sampling.method must be one of {list(METHODS)}, got {s.method!r}")
+
+
+def fast_sampler(s, method: str, sde: SDE, shape: tuple[int, ...], eps: float, denoise: bool):
+    """The partial sampler of a fast method from config.sampling `s`: steps (score evaluations),
+    order, schedule ('default' or a name in schedules.SCHEDULES), lower_order_final (DPM-Solver),
+    rho, s_churn, s_tmin, s_tmax, s_noise (heun). noise_removal adds the data prediction at eps.
+    """
+    steps = s.get("steps", 20)
+    schedule = str(s.get("schedule", "default")).lower()
+    schedule = DEFAULT_SCHEDULES[method] if schedule == "default" else schedule
+    common = dict(sde=sde, shape=shape, steps=steps, schedule=schedule, eps=eps, denoise=denoise)
+    if method == "heun":
+        defaults = {"s_churn": 0.0, "s_tmin": 0.0, "s_tmax": math.inf, "s_noise": 1.0}
+        churn = {k: float(s.get(k, v)) for k, v in defaults.items()}
+        check_heun_options(steps, schedule, churn["s_churn"], churn["s_noise"])
+        return functools.partial(heun_sample, rho=float(s.get("rho", 7.0)), **churn, **common)
+    multistep = method == "dpm_solver++"
+    order = s.get("order", 2)
+    check_dpm_options(steps, order, schedule, multistep)
+    lower_order_final = bool(s.get("lower_order_final", True))
+    if not multistep:
+        singlestep_orders(steps, order, lower_order_final)  # steps divisible by order if needed
+    fn = dpm_solver_pp_sample if multistep else dpm_solver_sample
+    return functools.partial(fn, order=order, lower_order_final=lower_order_final, **common)
 
 
 def sharded_sampler(sample_fn: SampleFn, mesh: Mesh, axis: str = "data"):
