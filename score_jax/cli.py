@@ -1,4 +1,4 @@
-"""The `score-jax` command line: train, eval, sample, likelihood, fid-stats, convert.
+"""The `score-jax` command line: train, eval, nfe-report, sample, likelihood, fid-stats, convert.
 
 Every subcommand takes `--config FILE` plus any number of `--config.a.b=VALUE` overrides. The
 work itself lives in the library; this file only parses arguments and dispatches, importing
@@ -48,6 +48,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="evaluation loss, bits/dim and FID/IS/KID of checkpoints")
     _add_common(p)
     p.add_argument("--eval_folder", default="eval", help="subfolder of workdir for results")
+
+    p = sub.add_parser("nfe-report", help="sample quality against NFE for several samplers")
+    _add_common(p)
+    p.add_argument("--samplers", nargs="+", required=True, metavar="METHOD[-ORDER]:NFE[,NFE]",
+                   help="e.g. pc:1000 dpm_solver++:10,20 dpm_solver-3:20 heun:35")  # fmt: skip
+    p.add_argument("--num", type=int, default=2000, help="samples per setting (default 2000)")
+    p.add_argument("--batch_size", type=int, default=None, help="default: eval.batch_size")
+    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+    p.add_argument("--out_folder", default="nfe_report", help="subfolder of workdir")
 
     p = sub.add_parser("sample", help="draw samples from a checkpoint's EMA weights")
     _add_common(p)
@@ -117,6 +126,11 @@ def _run(args: argparse.Namespace, config) -> None:
         from score_jax.evaluation.run import evaluate
 
         evaluate(config, args.workdir, args.eval_folder)
+    elif args.command == "nfe-report":
+        from score_jax.evaluation.nfe_report import nfe_report
+
+        nfe_report(config, args.workdir, args.samplers, args.num, args.out_folder, args.step,
+                   args.batch_size)  # fmt: skip
     elif args.command == "sample":
         from score_jax.evaluation.sample import sample_to_file
 
