@@ -5,7 +5,7 @@ trains it on the same data, SDE and scaling as the score model, so that
 `score-jax cond-sample --config configs/digits/vp_ddpmpp.py --workdir runs/digits
 --classifier_config configs/digits/classifier.py --classifier_workdir runs/digits_cls --class 3`
 can guide that model. The network is the paper's Wide-ResNet, narrowed for 8x8 images:
-WRN-10-2 (one block per group, widths 32/64/128) instead of CIFAR-10's WRN-28-10.
+WRN-10-1 (one block per group, widths 16/32/64) instead of CIFAR-10's WRN-28-10.
 """
 
 from configs.digits import vp_ddpmpp
@@ -17,7 +17,7 @@ def get_config():
     classifier = config.classifier = type(config)()
     classifier.num_classes = 10
     classifier.blocks_per_group = 1
-    classifier.channel_multiplier = 2
+    classifier.channel_multiplier = 1
     # The official time embedding: 128 Gaussian Fourier features of log(std), scale 16.
     classifier.embedding_size = 128
     classifier.fourier_scale = 16.0

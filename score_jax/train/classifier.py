@@ -147,7 +147,7 @@ def train_classifier(config: ml_collections.ConfigDict, workdir: str | Path) -> 
                 bar.set_postfix(loss=f"{losses[-1]:.3f}", acc=f"{accs[-1]:.2f}")
                 if step % t.log_freq < n:
                     writer.write(step, {"train_loss": losses[-1], "train_accuracy": accs[-1]})
-                if step % t.eval_freq < n or step == t.n_iters:
+                if step % t.eval_freq < n:
                     acc = accuracy_by_time(config, sde, model, state.ema_params, (0.0, 0.5))
                     writer.write(step, {f"test_accuracy_t{k}": v for k, v in acc.items()})
                     log.info("step %d: EMA test accuracy by t: %s", step, acc)
