@@ -159,6 +159,7 @@ def _run_multistep(score_fn, sde, x, ts, order, lower_order_final):
         "steps",
         "order",
         "schedule",
+        "rho",
         "lower_order_final",
         "eps",
         "denoise",
@@ -175,6 +176,7 @@ def _dpm_sample(
     steps,
     order,
     schedule,
+    rho,
     lower_order_final,
     eps,
     denoise,
@@ -182,11 +184,11 @@ def _dpm_sample(
     k_prior, _ = jax.random.split(key)
     x = sde.prior_sampling(k_prior, shape) if z is None else z
     if multistep:
-        ts = time_grid(sde, schedule, steps, eps, x.dtype)
+        ts = time_grid(sde, schedule, steps, eps, x.dtype, rho)
         x = _run_multistep(score_fn, sde, x, ts, order, lower_order_final)
     else:
         orders = singlestep_orders(steps, order, lower_order_final)
-        ts = time_grid(sde, schedule, len(orders), eps, x.dtype)
+        ts = time_grid(sde, schedule, len(orders), eps, x.dtype, rho)
         x = _run_singlestep(score_fn, sde, x, ts, orders)
     if denoise:
         x = _data_pred(score_fn, sde, x, jnp.asarray(eps, x.dtype))
@@ -208,30 +210,24 @@ def check_dpm_options(steps: int, order: int, schedule: str, multistep: bool) ->
     check_schedule(schedule)
 
 
-def _sample(
-    key, score_fn, sde, shape, multistep, steps, order, schedule, lower_order_final, eps, z, denoise
-):
-    check_dpm_options(steps, order, schedule, multistep)
+def _sample(key, score_fn, sde, shape, z, **options):
+    """Checks the options, runs the compiled sampler; returns (x, nfe)."""
+    check_dpm_options(options["steps"], options["order"], options["schedule"], options["multistep"])
     shape = tuple(int(d) for d in shape)
     if z is not None and tuple(z.shape) != shape:
         raise ValueError(f"z has shape {tuple(z.shape)}, expected shape {shape}")
-    if not multistep:
-        singlestep_orders(int(steps), int(order), bool(lower_order_final))  # checks divisibility
-    x = _dpm_sample(
-        key,
-        z,
-        score_fn=score_fn,
-        sde=sde,
-        shape=shape,
-        multistep=multistep,
-        steps=int(steps),
-        order=int(order),
-        schedule=schedule,
-        lower_order_final=bool(lower_order_final),
-        eps=float(eps),
-        denoise=bool(denoise),
+    options.update(
+        steps=int(options["steps"]),
+        order=int(options["order"]),
+        rho=float(options["rho"]),
+        lower_order_final=bool(options["lower_order_final"]),
+        eps=float(options["eps"]),
+        denoise=bool(options["denoise"]),
     )
-    return x, int(steps) + bool(denoise)
+    if not options["multistep"]:  # checks divisibility by the order
+        singlestep_orders(options["steps"], options["order"], options["lower_order_final"])
+    x = _dpm_sample(key, z, score_fn=score_fn, sde=sde, shape=shape, **options)
+    return x, options["steps"] + options["denoise"]
 
 
 def dpm_solver_pp_sample(
@@ -242,6 +238,7 @@ def dpm_solver_pp_sample(
     steps: int = 20,
     order: int = 2,
     schedule: str = "logsnr",
+    rho: float = 7.0,
     lower_order_final: bool = True,
     eps: float = 1e-3,
     z: jax.Array | None = None,
@@ -251,7 +248,19 @@ def dpm_solver_pp_sample(
     steps of one score evaluation each, from latents z (default: a prior draw) at T to eps.
     denoise adds the data prediction at eps (one more evaluation). Returns (x, nfe)."""
     return _sample(
-        key, score_fn, sde, shape, True, steps, order, schedule, lower_order_final, eps, z, denoise
+        key,
+        score_fn,
+        sde,
+        shape,
+        z,
+        multistep=True,
+        steps=steps,
+        order=order,
+        schedule=schedule,
+        rho=rho,
+        lower_order_final=lower_order_final,
+        eps=eps,
+        denoise=denoise,
     )
 
 
@@ -263,6 +272,7 @@ def dpm_solver_sample(
     steps: int = 20,
     order: int = 3,
     schedule: str = "logsnr",
+    rho: float = 7.0,
     lower_order_final: bool = True,
     eps: float = 1e-3,
     z: jax.Array | None = None,
@@ -272,5 +282,17 @@ def dpm_solver_sample(
     evaluations (split into steps as `singlestep_orders` says), from latents z (default: a prior
     draw) at T to eps. denoise adds the data prediction at eps. Returns (x, nfe)."""
     return _sample(
-        key, score_fn, sde, shape, False, steps, order, schedule, lower_order_final, eps, z, denoise
+        key,
+        score_fn,
+        sde,
+        shape,
+        z,
+        multistep=False,
+        steps=steps,
+        order=order,
+        schedule=schedule,
+        rho=rho,
+        lower_order_final=lower_order_final,
+        eps=eps,
+        denoise=denoise,
     )

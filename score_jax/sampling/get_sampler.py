@@ -112,18 +112,20 @@ def get_sampler(
 
 def fast_sampler(s, method: str, sde: SDE, shape: tuple[int, ...], eps: float, denoise: bool):
     """The partial sampler of a fast method from config.sampling `s`: steps (score evaluations),
-    order, schedule ('default' or a name in schedules.SCHEDULES), lower_order_final (DPM-Solver),
-    rho, s_churn, s_tmin, s_tmax, s_noise (heun). noise_removal adds the data prediction at eps.
+    order, schedule ('default' or a name in schedules.SCHEDULES), rho (of schedule 'edm'),
+    lower_order_final (DPM-Solver), s_churn, s_tmin, s_tmax, s_noise (heun). noise_removal adds
+    the data prediction at eps.
     """
     steps = s.get("steps", 20)
     schedule = str(s.get("schedule", "default")).lower()
     schedule = DEFAULT_SCHEDULES[method] if schedule == "default" else schedule
     common = dict(sde=sde, shape=shape, steps=steps, schedule=schedule, eps=eps, denoise=denoise)
+    common["rho"] = float(s.get("rho", 7.0))
     if method == "heun":
         defaults = {"s_churn": 0.0, "s_tmin": 0.0, "s_tmax": math.inf, "s_noise": 1.0}
         churn = {k: float(s.get(k, v)) for k, v in defaults.items()}
         check_heun_options(steps, schedule, churn["s_churn"], churn["s_noise"])
-        return functools.partial(heun_sample, rho=float(s.get("rho", 7.0)), **churn, **common)
+        return functools.partial(heun_sample, **churn, **common)
     multistep = method == "dpm_solver++"
     order = s.get("order", 2)
     check_dpm_options(steps, order, schedule, multistep)
