@@ -166,3 +166,34 @@ def test_toy_ground_truth_scores_and_class_posteriors():
     for b in range(2):
         joint = gm.perturbed(sde, float(t[b])).component_log_probs(x[b : b + 1])[0]
         np.testing.assert_allclose(logits[b], jax.nn.log_softmax(joint), rtol=1e-5, atol=1e-5)
+
+
+def test_linear_inverse_problem_samples_the_exact_posterior():
+    """y = A x + n, n ~ N(0, s^2 I), x ~ N(m, S): with the exact log p_t(y | x_t) (Gaussian:
+    y | x_t ~ N(A mu_t, A C_t A^T + s^2 I), (mu_t, C_t) the law of x_0 given x_t) the
+    conditional score samples N(m_post, S_post) = the closed-form posterior."""
+    gauss = random_gaussian(4, seed=11)
+    a_mat = np.array([[1.0, 1.0, 0.0, 0.0], [0.0, 0.5, -1.0, 0.3]])
+    s2 = 0.1
+    y = a_mat @ np.asarray(gauss.sample(jax.random.PRNGKey(12), 1))[0]
+    lam, vecs = np.linalg.eigh(np.asarray(gauss.cov))
+
+    def log_likelihood_fn(x, t):  # x [B, 2, 2, 1], t [B] -> [B]
+        std = SDE.marginal_prob(x, t)[1]  # VE: x_t = x_0 + std z
+        c_eig = 1.0 / (1.0 / lam + 1.0 / std[:, None] ** 2)  # [B, 4]: C_t in the S basis
+        prior = vecs @ (vecs.T @ np.asarray(gauss.mean) / lam)
+        flat = x.reshape(x.shape[0], 4)
+        mu = ((prior + flat / std[:, None] ** 2) @ vecs * c_eig) @ vecs.T
+        a_vecs = jnp.asarray(a_mat @ vecs)
+        cov = jnp.einsum("ik,bk,jk->bij", a_vecs, c_eig, a_vecs) + s2 * jnp.eye(2)
+        resid = jnp.asarray(y) - mu @ a_mat.T
+        return -0.5 * jnp.einsum("bi,bi->b", resid, jnp.linalg.solve(cov, resid[..., None])[..., 0])
+
+    posterior_cov = np.linalg.inv(np.linalg.inv(gauss.cov) + a_mat.T @ a_mat / s2)
+    posterior_mean = posterior_cov @ (np.linalg.solve(gauss.cov, gauss.mean) + a_mat.T @ y / s2)
+    score_fn = controllable.conditional_score_fn(gauss.score_fn(SDE), log_likelihood_fn)
+    n = 4000
+    x, _ = pc_sample(
+        jax.random.PRNGKey(13), score_fn, SDE, (n, 2, 2, 1), "reverse_diffusion", "none", eps=1e-5
+    )
+    assert_gaussian(np.asarray(x).reshape(n, 4), toy.Gaussian(posterior_mean, posterior_cov), 0.01)
