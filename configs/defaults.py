@@ -125,6 +125,9 @@ def get_default_configs() -> ml_collections.ConfigDict:
     model.dtype = "float32"
     # project: rematerialise residual blocks in the backward pass to save memory.
     model.remat = False
+    # project: the networks' primitive ops (score_jax/models/kernels.py): 'auto' picks the
+    # XLA:CPU-tuned ones ('cpu') on a CPU backend and plain lax/flax ('xla') on GPU and TPU.
+    model.kernels = "auto"
 
     config.optim = optim = ml_collections.ConfigDict()
     optim.weight_decay = 0.0

@@ -73,12 +73,15 @@ def test_conv_module_with_kernel_dilation_takes_the_custom_gradient():
     import flax.linen as nn
 
     x = jax.random.normal(jax.random.PRNGKey(7), (2, 9, 9, 3))
-    ours = conv.Conv(4, (3, 3), kernel_dilation=(2, 2))
+    ours = conv.Conv(4, (3, 3), kernel_dilation=(2, 2), kernels="cpu")
     ref = nn.Conv(4, (3, 3), kernel_dilation=2)
     params = ref.init(jax.random.PRNGKey(8), x)
     jaxpr = str(jax.make_jaxpr(lambda p: ours.apply(p, x))(params))
     assert "custom_vjp_call" in jaxpr
     np.testing.assert_allclose(ours.apply(params, x), ref.apply(params, x), rtol=1e-5, atol=1e-5)
+    # With the plain kernels the module is lax's convolution, gradient included.
+    plain = conv.Conv(4, (3, 3), kernel_dilation=(2, 2), kernels="xla")
+    assert "custom_vjp_call" not in str(jax.make_jaxpr(lambda p: plain.apply(p, x))(params))
 
 
 def test_gradient_inside_a_loop_has_only_canonical_convolutions():

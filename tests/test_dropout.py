@@ -1,5 +1,7 @@
 """models.dropout: the unrolled Threefry bits and the Dropout module equal JAX's and flax's."""
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -46,24 +48,26 @@ class TwoDropouts(nn.Module):
         return self.cls(self.rate, deterministic=not train)(h * 2.0)
 
 
+@pytest.mark.parametrize("kernels", ["cpu", "xla"])
 @pytest.mark.parametrize("rate", [0.1, 0.5, 0.0, 1.0])
-def test_dropout_equals_flax_bit_for_bit(rate):
+def test_dropout_equals_flax_bit_for_bit(rate, kernels):
     x = jax.random.normal(jax.random.PRNGKey(0), (4, 8, 8, 32))
     rngs = {"dropout": jax.random.PRNGKey(7)}
-    ours = TwoDropouts(dropout.Dropout, rate).apply({}, x, True, rngs=rngs)
+    layer = functools.partial(dropout.Dropout, kernels=kernels)
+    ours = TwoDropouts(layer, rate).apply({}, x, True, rngs=rngs)
     ref = TwoDropouts(nn.Dropout, rate).apply({}, x, True, rngs=rngs)
     np.testing.assert_array_equal(ours, ref)
     if 0.0 < rate < 1.0:
         kept = float(jnp.mean(ours != 0))  # both layers: (1 - rate)^2 of 8192 values kept
         se = np.sqrt((1 - rate) ** 2 * (1 - (1 - rate) ** 2) / x.size)
         assert abs(kept - (1 - rate) ** 2) < 4 * se
-    np.testing.assert_array_equal(TwoDropouts(dropout.Dropout, rate).apply({}, x, False), 2 * x)
+    np.testing.assert_array_equal(TwoDropouts(layer, rate).apply({}, x, False), 2 * x)
 
 
 def test_dropout_gradient_is_the_mask_over_keep_prob():
     x = jnp.ones((64, 64))
     rngs = {"dropout": jax.random.PRNGKey(1)}
-    layer = dropout.Dropout(0.25, deterministic=False)
+    layer = dropout.Dropout(0.25, deterministic=False, kernels="cpu")
     grad = jax.grad(lambda v: jnp.sum(layer.apply({}, v, rngs=rngs)))(x)
     out = layer.apply({}, x, rngs=rngs)
     np.testing.assert_array_equal(grad, out)  # d(sum)/dx = mask / 0.75 = out at x = 1

@@ -89,9 +89,10 @@ def test_sums_and_bias_adds_equal_plain_broadcasting():
         dict(features=5, kernel_size=(3, 3), use_bias=False),
     ],
 )
-def test_conv_module_equals_flax_conv(kwargs):
+@pytest.mark.parametrize("kernels", ["cpu", "xla"])
+def test_conv_module_equals_flax_conv(kwargs, kernels):
     x = jax.random.normal(jax.random.PRNGKey(6), (2, 8, 8, 3))
-    ours = _values_and_grads(conv.Conv(**kwargs), x, jax.random.PRNGKey(7))
+    ours = _values_and_grads(conv.Conv(**kwargs, kernels=kernels), x, jax.random.PRNGKey(7))
     ref = _values_and_grads(nn.Conv(**kwargs), x, jax.random.PRNGKey(7))
     assert jax.tree.structure(ours[0]) == jax.tree.structure(ref[0])
     for got, want in zip(jax.tree.leaves(ours), jax.tree.leaves(ref), strict=True):
@@ -102,7 +103,7 @@ def test_conv_module_mixed_precision_matches_flax_with_float32_results():
     x = jax.random.normal(jax.random.PRNGKey(8), (2, 6, 6, 4))
     kwargs = dict(features=3, kernel_size=(3, 3), dtype=jnp.bfloat16)
     variables = nn.Conv(**kwargs).init(jax.random.PRNGKey(0), x)
-    ours = conv.Conv(**kwargs, out_dtype=jnp.float32).apply(variables, x)
+    ours = conv.Conv(**kwargs, out_dtype=jnp.float32, kernels="cpu").apply(variables, x)
     f32_out = lambda *a, **k: jax.lax.conv_general_dilated(  # noqa: E731
         *a, **k, preferred_element_type=jnp.float32
     )

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from score_jax.models.sums import add_bias
+from score_jax.models import kernels as kernel_choice
 
 _NHWC = ("NHWC", "HWIO", "NHWC")
 Padding = tuple[tuple[int, int], tuple[int, int]]
@@ -99,9 +99,33 @@ def conv2d(
     return _conv2d(x, w, strides, padding, dilation, preferred_element_type)
 
 
+def convolve(
+    x: jax.Array,
+    w: jax.Array,
+    strides: Sequence[int],
+    padding: str | Sequence[tuple[int, int]],
+    preferred_element_type: Any,
+    dilation: Sequence[int],
+    kernels: str,
+) -> jax.Array:
+    """`conv2d` with the 'cpu' kernels, lax's own convolution (and gradient) with 'xla'."""
+    if kernels == "cpu":
+        return conv2d(x, w, strides, padding, preferred_element_type, dilation)
+    return lax.conv_general_dilated(
+        x,
+        w,
+        tuple(strides),
+        padding if isinstance(padding, str) else tuple(tuple(p) for p in padding),
+        rhs_dilation=tuple(dilation),
+        dimension_numbers=_NHWC,
+        preferred_element_type=preferred_element_type,
+    )
+
+
 class Conv(nn.Module):
     """`flax.linen.Conv` for NHWC images: same parameters (kernel HWIO, bias), initialisers and
-    dtype promotion, with `conv2d`'s backward pass and the bias gradient as one GEMV.
+    dtype promotion. With kernels='cpu' (models/kernels.py) the backward pass is `conv2d`'s and
+    the bias gradient one GEMV; with 'xla' both are lax's own.
 
     `dtype`: the operands' dtype (None: promote input and kernel); `out_dtype`: the convolution's
     result dtype (float32 keeps bfloat16 operands' results in float32; None: the operands').
@@ -117,6 +141,7 @@ class Conv(nn.Module):
     bias_init: Any = nn.initializers.zeros
     dtype: Any = None
     out_dtype: Any = None
+    kernels: str = "xla"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -125,15 +150,16 @@ class Conv(nn.Module):
         shape = (*self.kernel_size, x.shape[-1], self.features)
         kernel = self.param("kernel", self.kernel_init, shape, jnp.float32)
         dtype = self.dtype or jnp.result_type(x.dtype, kernel.dtype)
-        y = conv2d(
+        y = convolve(
             x.astype(dtype),
             kernel.astype(dtype),
             self.strides,
             self.padding,
             self.out_dtype,
             self.kernel_dilation,
+            self.kernels,
         )
         if not self.use_bias:
             return y
         bias = self.param("bias", self.bias_init, (self.features,), jnp.float32)
-        return add_bias(y, bias.astype(dtype))
+        return kernel_choice.add_bias(y, bias.astype(dtype), self.kernels)

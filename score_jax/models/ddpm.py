@@ -20,8 +20,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from score_jax.models import sums
+from score_jax.models import kernels as kernel_choice
 from score_jax.models.dropout import Dropout
+from score_jax.models.kernels import model_kernels
 from score_jax.models.layers import (
     NIN,
     Downsample,
@@ -71,19 +72,21 @@ class ResnetBlockDDPM(nn.Module):
     act: Callable[[jax.Array], jax.Array]
     dropout: float
     dtype: jnp.dtype = jnp.float32
+    kernels: str = "xla"
 
     @nn.compact
     def __call__(self, x: jax.Array, temb: jax.Array | None, train: bool) -> jax.Array:
-        in_ch, out_ch, dt = x.shape[-1], self.out_ch, self.dtype
-        h = self.act(group_norm(in_ch, DDPM_GROUPS, dt, name="GroupNorm_0")(x))
-        h = conv3x3(out_ch, dtype=dt, name="Conv_0")(h)
+        in_ch, out_ch, dt, kn = x.shape[-1], self.out_ch, self.dtype, self.kernels
+        h = self.act(group_norm(in_ch, DDPM_GROUPS, dt, name="GroupNorm_0", kernels=kn)(x))
+        h = conv3x3(out_ch, dtype=dt, name="Conv_0", kernels=kn)(h)
         if temb is not None:
-            h = sums.add_per_example(h, dense(out_ch, dt, name="Dense_0")(self.act(temb)))
-        h = self.act(group_norm(out_ch, DDPM_GROUPS, dt, name="GroupNorm_1")(h))
-        h = Dropout(self.dropout, deterministic=not train)(h)
-        h = conv3x3(out_ch, init_scale=0.0, dtype=dt, name="Conv_1")(h)
+            emb = dense(out_ch, dt, name="Dense_0")(self.act(temb))
+            h = kernel_choice.add_per_example(h, emb, kn)
+        h = self.act(group_norm(out_ch, DDPM_GROUPS, dt, name="GroupNorm_1", kernels=kn)(h))
+        h = Dropout(self.dropout, deterministic=not train, kernels=kn)(h)
+        h = conv3x3(out_ch, init_scale=0.0, dtype=dt, name="Conv_1", kernels=kn)(h)
         if in_ch != out_ch:
-            x = NIN(out_ch, dtype=dt, name="NIN_0")(x)
+            x = NIN(out_ch, dtype=dt, kernels=kn, name="NIN_0")(x)
         return x + h
 
 
@@ -91,13 +94,15 @@ class AttnBlock(nn.Module):
     """x + NIN_3(softmax attention over all H*W pixels of NIN q, k, v of GroupNorm(32)(x))."""
 
     dtype: jnp.dtype = jnp.float32
+    kernels: str = "xla"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        c, dt = x.shape[-1], self.dtype
-        h = group_norm(c, DDPM_GROUPS, dt, name="GroupNorm_0")(x)
-        q, k, v = (NIN(c, dtype=dt, name=f"NIN_{i}")(h) for i in range(3))
-        return x + NIN(c, init_scale=0.0, dtype=dt, name="NIN_3")(attention(q, k, v, dt))
+        c, dt, kn = x.shape[-1], self.dtype, self.kernels
+        h = group_norm(c, DDPM_GROUPS, dt, name="GroupNorm_0", kernels=kn)(x)
+        q, k, v = (NIN(c, dtype=dt, kernels=kn, name=f"NIN_{i}")(h) for i in range(3))
+        out = NIN(c, init_scale=0.0, dtype=dt, kernels=kn, name="NIN_3")
+        return x + out(attention(q, k, v, dt))
 
 
 def module_names(config: ml_collections.ConfigDict) -> list[str]:
@@ -138,7 +143,7 @@ class DDPM(nn.Module):
         config = self.config
         m = config.model
         act = get_act(config)
-        dtype = compute_dtype(config)
+        dtype, kernels = compute_dtype(config), model_kernels(config)
         nf, num_levels = m.nf, len(m.ch_mult)
 
         block_cls = ResnetBlockDDPM
@@ -147,7 +152,7 @@ class DDPM(nn.Module):
             block_cls = nn.remat(ResnetBlockDDPM, static_argnums=(3,))
 
         def resnet(out_ch: int, name: str) -> ResnetBlockDDPM:
-            return block_cls(out_ch, act, m.dropout, dtype, name=name)
+            return block_cls(out_ch, act, m.dropout, dtype, kernels, name=name)
 
         temb = None
         if m.conditional:
@@ -156,23 +161,25 @@ class DDPM(nn.Module):
             temb = dense(4 * nf, dtype, name="temb_dense_1")(act(temb))
 
         h = x if config.data.centered else 2 * x - 1.0
-        hs = [conv3x3(nf, dtype=dtype, name="conv_in")(h.astype(dtype))]
+        hs = [conv3x3(nf, dtype=dtype, name="conv_in", kernels=kernels)(h.astype(dtype))]
         for level in range(num_levels):
             for block in range(m.num_res_blocks):
                 h = resnet(nf * m.ch_mult[level], f"down_{level}_block_{block}")(
                     hs[-1], temb, train
                 )
                 if h.shape[2] in m.attn_resolutions:
-                    h = AttnBlock(dtype, name=f"down_{level}_attn_{block}")(h)
+                    h = AttnBlock(dtype, kernels, name=f"down_{level}_attn_{block}")(h)
                 hs.append(h)
             if level != num_levels - 1:
                 name = f"down_{level}_downsample"
-                down = Downsample(with_conv=m.resamp_with_conv, dtype=dtype, name=name)
+                down = Downsample(
+                    with_conv=m.resamp_with_conv, dtype=dtype, kernels=kernels, name=name
+                )
                 hs.append(down(hs[-1]))
 
         h = hs[-1]
         h = resnet(h.shape[-1], "mid_block_0")(h, temb, train)
-        h = AttnBlock(dtype, name="mid_attn")(h)
+        h = AttnBlock(dtype, kernels, name="mid_attn")(h)
         h = resnet(h.shape[-1], "mid_block_1")(h, temb, train)
 
         for level in reversed(range(num_levels)):
@@ -182,15 +189,21 @@ class DDPM(nn.Module):
                     jnp.concatenate([h, skip], axis=-1), temb, train
                 )
             if h.shape[2] in m.attn_resolutions:
-                h = AttnBlock(dtype, name=f"up_{level}_attn")(h)
+                h = AttnBlock(dtype, kernels, name=f"up_{level}_attn")(h)
             if level != 0:
                 up = Upsample(
-                    with_conv=m.resamp_with_conv, dtype=dtype, name=f"up_{level}_upsample"
+                    with_conv=m.resamp_with_conv,
+                    dtype=dtype,
+                    kernels=kernels,
+                    name=f"up_{level}_upsample",
                 )
                 h = up(h)
 
-        h = act(group_norm(h.shape[-1], DDPM_GROUPS, dtype, name="norm_out")(h))
-        out = conv3x3(config.data.num_channels, init_scale=0.0, dtype=dtype, name="conv_out")(h)
+        h = act(group_norm(h.shape[-1], DDPM_GROUPS, dtype, name="norm_out", kernels=kernels)(h))
+        conv_out = conv3x3(
+            config.data.num_channels, init_scale=0.0, dtype=dtype, name="conv_out", kernels=kernels
+        )
+        out = conv_out(h)
         h = out.astype(jnp.float32)
         if m.scale_by_sigma:
             h = divide_by_sigma(h, labels, config)

@@ -19,7 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from score_jax.models import conv, norm, sums, upfirdn
+from score_jax.models import conv, norm, upfirdn
+from score_jax.models import kernels as kernel_choice
 from score_jax.models.dropout import Dropout
 
 Dtype = Any
@@ -59,6 +60,7 @@ def conv3x3(
     padding: Any = ((1, 1), (1, 1)),
     dtype: Dtype = jnp.float32,
     name: str | None = None,
+    kernels: str = "xla",
 ) -> conv.Conv:
     """3x3 convolution with DDPM initialisation and zero bias ('SAME' padding by default)."""
     return conv.Conv(
@@ -69,12 +71,17 @@ def conv3x3(
         kernel_init=default_init(init_scale),
         dtype=dtype,
         out_dtype=jnp.float32,
+        kernels=kernels,
         name=name,
     )
 
 
 def conv1x1(
-    features: int, init_scale: float = 1.0, dtype: Dtype = jnp.float32, name: str | None = None
+    features: int,
+    init_scale: float = 1.0,
+    dtype: Dtype = jnp.float32,
+    name: str | None = None,
+    kernels: str = "xla",
 ) -> conv.Conv:
     """1x1 convolution with DDPM initialisation and zero bias."""
     return conv.Conv(
@@ -83,6 +90,7 @@ def conv1x1(
         padding="VALID",
         kernel_init=default_init(init_scale),
         dtype=dtype,
+        kernels=kernels,
         name=name,
     )
 
@@ -99,14 +107,20 @@ def group_norm(
     num_groups: int | None = None,
     dtype: Dtype = jnp.float32,
     name: str | None = None,
-) -> norm.GroupNorm:
+    kernels: str = "xla",
+) -> nn.Module:
     """GroupNorm with eps 1e-6; groups default to NCSN++'s min(C // 4, 32).
 
     Always float32 (two-pass variance, like PyTorch); `dtype` is accepted for a uniform API.
+    norm.GroupNorm with kernels='cpu', flax's nn.GroupNorm otherwise (same parameters).
     """
     del dtype
     groups = min(channels // 4, 32) if num_groups is None else num_groups
-    return norm.GroupNorm(num_groups=groups, epsilon=1e-6, name=name)
+    if kernels == "cpu":
+        return norm.GroupNorm(num_groups=groups, epsilon=1e-6, name=name)
+    return nn.GroupNorm(
+        num_groups=groups, epsilon=1e-6, dtype=jnp.float32, use_fast_variance=False, name=name
+    )
 
 
 class NIN(nn.Module):
@@ -115,6 +129,7 @@ class NIN(nn.Module):
     features: int
     init_scale: float = 0.1
     dtype: Dtype = jnp.float32
+    kernels: str = "xla"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -126,7 +141,7 @@ class NIN(nn.Module):
             w.astype(self.dtype),
             preferred_element_type=jnp.float32,
         )
-        return sums.add_bias(y, b)
+        return kernel_choice.add_bias(y, b, self.kernels)
 
 
 def get_timestep_embedding(
@@ -171,10 +186,11 @@ class Combine(nn.Module):
 
     method: str = "cat"
     dtype: Dtype = jnp.float32
+    kernels: str = "xla"
 
     @nn.compact
     def __call__(self, x: jax.Array, y: jax.Array) -> jax.Array:
-        h = conv1x1(y.shape[-1], dtype=self.dtype, name="Conv_0")(x)
+        h = conv1x1(y.shape[-1], dtype=self.dtype, kernels=self.kernels, name="Conv_0")(x)
         if self.method == "cat":
             return jnp.concatenate([h, y], axis=-1)
         if self.method == "sum":
@@ -198,16 +214,19 @@ class AttnBlockpp(nn.Module):
     skip_rescale: bool = False
     init_scale: float = 0.0
     dtype: Dtype = jnp.float32
+    kernels: str = "xla"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         c = x.shape[-1]
-        h = group_norm(c, dtype=self.dtype, name="GroupNorm_0")(x)
-        q = NIN(c, dtype=self.dtype, name="NIN_0")(h)
-        k = NIN(c, dtype=self.dtype, name="NIN_1")(h)
-        v = NIN(c, dtype=self.dtype, name="NIN_2")(h)
+        h = group_norm(c, dtype=self.dtype, kernels=self.kernels, name="GroupNorm_0")(x)
+        q = NIN(c, dtype=self.dtype, kernels=self.kernels, name="NIN_0")(h)
+        k = NIN(c, dtype=self.dtype, kernels=self.kernels, name="NIN_1")(h)
+        v = NIN(c, dtype=self.dtype, kernels=self.kernels, name="NIN_2")(h)
         h = attention(q, k, v, self.dtype)
-        h = NIN(c, init_scale=self.init_scale, dtype=self.dtype, name="NIN_3")(h)
+        h = NIN(
+            c, init_scale=self.init_scale, dtype=self.dtype, kernels=self.kernels, name="NIN_3"
+        )(h)
         return (x + h) / _SQRT2 if self.skip_rescale else x + h
 
 
@@ -221,20 +240,26 @@ class FIRConv2d(nn.Module):
     resample_kernel: Sequence[int] = (1, 3, 3, 1)
     use_bias: bool = True
     dtype: Dtype = jnp.float32
+    kernels: str = "xla"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         shape = (self.kernel, self.kernel, x.shape[-1], self.features)
         w = self.param("kernel", default_init(), shape)
         if self.up:
-            x = upfirdn.upsample_conv_2d(x, w, self.resample_kernel, dtype=self.dtype)
+            x = upfirdn.upsample_conv_2d(
+                x, w, self.resample_kernel, dtype=self.dtype, kernels=self.kernels
+            )
         elif self.down:
-            x = upfirdn.conv_downsample_2d(x, w, self.resample_kernel, dtype=self.dtype)
+            x = upfirdn.conv_downsample_2d(
+                x, w, self.resample_kernel, dtype=self.dtype, kernels=self.kernels
+            )
         else:
             pad = self.kernel // 2
-            x = upfirdn.conv2d(x, w, 1, ((pad, pad), (pad, pad)), self.dtype)
+            x = upfirdn.conv2d(x, w, 1, ((pad, pad), (pad, pad)), self.dtype, self.kernels)
         if self.use_bias:
-            x = sums.add_bias(x, self.param("bias", nn.initializers.zeros, (self.features,)))
+            bias = self.param("bias", nn.initializers.zeros, (self.features,))
+            x = kernel_choice.add_bias(x, bias, self.kernels)
         return x
 
 
@@ -246,17 +271,27 @@ class Upsample(nn.Module):
     fir: bool = False
     fir_kernel: Sequence[int] = (1, 3, 3, 1)
     dtype: Dtype = jnp.float32
+    kernels: str = "xla"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         out_ch = self.out_ch or x.shape[-1]
         if not self.fir:
             h = upfirdn.naive_upsample_2d(x, 2)
-            return conv3x3(out_ch, dtype=self.dtype, name="Conv_0")(h) if self.with_conv else h
+            return (
+                conv3x3(out_ch, dtype=self.dtype, kernels=self.kernels, name="Conv_0")(h)
+                if self.with_conv
+                else h
+            )
         if not self.with_conv:
             return upfirdn.upsample_2d(x, self.fir_kernel, factor=2)
         return FIRConv2d(
-            out_ch, up=True, resample_kernel=self.fir_kernel, dtype=self.dtype, name="Conv2d_0"
+            out_ch,
+            up=True,
+            resample_kernel=self.fir_kernel,
+            dtype=self.dtype,
+            kernels=self.kernels,
+            name="Conv2d_0",
         )(x)
 
 
@@ -268,6 +303,7 @@ class Downsample(nn.Module):
     fir: bool = False
     fir_kernel: Sequence[int] = (1, 3, 3, 1)
     dtype: Dtype = jnp.float32
+    kernels: str = "xla"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -277,19 +313,27 @@ class Downsample(nn.Module):
                 return upfirdn.naive_downsample_2d(x, 2)
             # Official: pad (0, 1) on each spatial side, then a VALID stride-2 conv.
             pad = ((0, 1), (0, 1))
-            return conv3x3(out_ch, stride=2, padding=pad, dtype=self.dtype, name="Conv_0")(x)
+            return conv3x3(
+                out_ch, stride=2, padding=pad, dtype=self.dtype, kernels=self.kernels, name="Conv_0"
+            )(x)
         if not self.with_conv:
             return upfirdn.downsample_2d(x, self.fir_kernel, factor=2)
         return FIRConv2d(
-            out_ch, down=True, resample_kernel=self.fir_kernel, dtype=self.dtype, name="Conv2d_0"
+            out_ch,
+            down=True,
+            resample_kernel=self.fir_kernel,
+            dtype=self.dtype,
+            kernels=self.kernels,
+            name="Conv2d_0",
         )(x)
 
 
-def _add_temb(h: jax.Array, temb: jax.Array | None, act, dtype: Dtype) -> jax.Array:
+def _add_temb(h: jax.Array, temb: jax.Array | None, act, dtype: Dtype, kernels: str) -> jax.Array:
     """h + Dense_0(act(temb)) broadcast over the pixels (no-op without temb)."""
     if temb is None:
         return h
-    return sums.add_per_example(h, dense(h.shape[-1], dtype=dtype, name="Dense_0")(act(temb)))
+    emb = dense(h.shape[-1], dtype=dtype, name="Dense_0")(act(temb))
+    return kernel_choice.add_per_example(h, emb, kernels)
 
 
 class ResnetBlockDDPMpp(nn.Module):
@@ -302,22 +346,34 @@ class ResnetBlockDDPMpp(nn.Module):
     skip_rescale: bool = False
     init_scale: float = 0.0
     dtype: Dtype = jnp.float32
+    kernels: str = "xla"
 
     @nn.compact
     def __call__(self, x: jax.Array, temb: jax.Array | None = None, train: bool = True):
         in_ch = x.shape[-1]
         out_ch = self.out_ch or in_ch
-        h = self.act(group_norm(in_ch, dtype=self.dtype, name="GroupNorm_0")(x))
-        h = conv3x3(out_ch, dtype=self.dtype, name="Conv_0")(h)
-        h = _add_temb(h, temb, self.act, self.dtype)
-        h = self.act(group_norm(out_ch, dtype=self.dtype, name="GroupNorm_1")(h))
-        h = Dropout(self.dropout, deterministic=not train, name="Dropout_0")(h)
-        h = conv3x3(out_ch, init_scale=self.init_scale, dtype=self.dtype, name="Conv_1")(h)
+        h = self.act(
+            group_norm(in_ch, dtype=self.dtype, kernels=self.kernels, name="GroupNorm_0")(x)
+        )
+        h = conv3x3(out_ch, dtype=self.dtype, kernels=self.kernels, name="Conv_0")(h)
+        h = _add_temb(h, temb, self.act, self.dtype, self.kernels)
+        h = self.act(
+            group_norm(out_ch, dtype=self.dtype, kernels=self.kernels, name="GroupNorm_1")(h)
+        )
+        dropout = Dropout(self.dropout, kernels=self.kernels, name="Dropout_0")
+        h = dropout(h, deterministic=not train)
+        h = conv3x3(
+            out_ch,
+            init_scale=self.init_scale,
+            dtype=self.dtype,
+            kernels=self.kernels,
+            name="Conv_1",
+        )(h)
         if in_ch != out_ch:
             if self.conv_shortcut:
-                x = conv3x3(out_ch, dtype=self.dtype, name="Conv_2")(x)
+                x = conv3x3(out_ch, dtype=self.dtype, kernels=self.kernels, name="Conv_2")(x)
             else:
-                x = NIN(out_ch, dtype=self.dtype, name="NIN_0")(x)
+                x = NIN(out_ch, dtype=self.dtype, kernels=self.kernels, name="NIN_0")(x)
         return (x + h) / _SQRT2 if self.skip_rescale else x + h
 
 
@@ -334,6 +390,7 @@ class ResnetBlockBigGANpp(nn.Module):
     skip_rescale: bool = True
     init_scale: float = 0.0
     dtype: Dtype = jnp.float32
+    kernels: str = "xla"
 
     def _resample(self, x: jax.Array) -> jax.Array:
         if self.up:
@@ -350,14 +407,25 @@ class ResnetBlockBigGANpp(nn.Module):
     def __call__(self, x: jax.Array, temb: jax.Array | None = None, train: bool = True):
         in_ch = x.shape[-1]
         out_ch = self.out_ch or in_ch
-        h = self.act(group_norm(in_ch, dtype=self.dtype, name="GroupNorm_0")(x))
+        h = self.act(
+            group_norm(in_ch, dtype=self.dtype, kernels=self.kernels, name="GroupNorm_0")(x)
+        )
         h = self._resample(h)
         x = self._resample(x)
-        h = conv3x3(out_ch, dtype=self.dtype, name="Conv_0")(h)
-        h = _add_temb(h, temb, self.act, self.dtype)
-        h = self.act(group_norm(out_ch, dtype=self.dtype, name="GroupNorm_1")(h))
-        h = Dropout(self.dropout, deterministic=not train, name="Dropout_0")(h)
-        h = conv3x3(out_ch, init_scale=self.init_scale, dtype=self.dtype, name="Conv_1")(h)
+        h = conv3x3(out_ch, dtype=self.dtype, kernels=self.kernels, name="Conv_0")(h)
+        h = _add_temb(h, temb, self.act, self.dtype, self.kernels)
+        h = self.act(
+            group_norm(out_ch, dtype=self.dtype, kernels=self.kernels, name="GroupNorm_1")(h)
+        )
+        dropout = Dropout(self.dropout, kernels=self.kernels, name="Dropout_0")
+        h = dropout(h, deterministic=not train)
+        h = conv3x3(
+            out_ch,
+            init_scale=self.init_scale,
+            dtype=self.dtype,
+            kernels=self.kernels,
+            name="Conv_1",
+        )(h)
         if in_ch != out_ch or self.up or self.down:
-            x = conv1x1(out_ch, dtype=self.dtype, name="Conv_2")(x)
+            x = conv1x1(out_ch, dtype=self.dtype, kernels=self.kernels, name="Conv_2")(x)
         return (x + h) / _SQRT2 if self.skip_rescale else x + h

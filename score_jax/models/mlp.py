@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from score_jax.models.dropout import Dropout
+from score_jax.models.kernels import model_kernels
 
 
 def sinusoidal_embedding(s: jax.Array, dim: int, max_freq: float, min_freq: float) -> jax.Array:
@@ -33,7 +34,7 @@ class MLP(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, labels: jax.Array, train: bool = False) -> jax.Array:
         m = self.config.model
-        width = int(m.nf)
+        width, kernels = int(m.nf), model_kernels(self.config)
         act = nn.silu
         if m.embedding_type == "fourier":
             temb = sinusoidal_embedding(jnp.log(labels), width, 16.0, 1.0 / 16.0)
@@ -50,7 +51,7 @@ class MLP(nn.Module):
         for _ in range(int(m.num_res_blocks)):
             r = nn.Dense(width)(act(nn.LayerNorm()(h)))
             r = r + nn.Dense(width)(act(temb))
-            r = Dropout(float(m.dropout), deterministic=not train)(act(r))
+            r = Dropout(float(m.dropout), deterministic=not train, kernels=kernels)(act(r))
             h = h + nn.Dense(width, kernel_init=nn.initializers.zeros)(r)
         out = nn.Dense(x[0].size)(act(nn.LayerNorm()(h)))
         if m.get("scale_by_sigma", False):

@@ -18,6 +18,7 @@ import ml_collections
 import numpy as np
 
 from score_jax.models import layers
+from score_jax.models.kernels import model_kernels
 
 _PROGRESSIVE = ("none", "output_skip", "residual")
 _PROGRESSIVE_INPUT = ("none", "input_skip", "residual")
@@ -49,6 +50,7 @@ class NCSNpp(nn.Module):
         m = config.model
         act = layers.get_act(config)
         dtype = jnp.dtype(m.get("dtype", "float32"))
+        kernels = model_kernels(config)
         nf = m.nf
         ch_mult = tuple(m.ch_mult)
         num_resolutions = len(ch_mult)
@@ -91,6 +93,7 @@ class NCSNpp(nn.Module):
             init_scale=init_scale,
             skip_rescale=skip_rescale,
             dtype=dtype,
+            kernels=kernels,
         )
         if resblock_type == "biggan":
             block_kwargs.update(fir=fir, fir_kernel=fir_kernel)
@@ -104,9 +107,13 @@ class NCSNpp(nn.Module):
             return block(h, temb, train)
 
         attn_block = functools.partial(
-            layers.AttnBlockpp, init_scale=init_scale, skip_rescale=skip_rescale, dtype=dtype
+            layers.AttnBlockpp,
+            init_scale=init_scale,
+            skip_rescale=skip_rescale,
+            dtype=dtype,
+            kernels=kernels,
         )
-        resample = dict(fir=fir, fir_kernel=fir_kernel, dtype=dtype)
+        resample = dict(fir=fir, fir_kernel=fir_kernel, dtype=dtype, kernels=kernels)
         with_conv = m.resamp_with_conv
 
         if not config.data.centered:
@@ -116,7 +123,7 @@ class NCSNpp(nn.Module):
 
         # Downsampling path.
         input_pyramid = x if progressive_input != "none" else None
-        hs = [layers.conv3x3(nf, dtype=dtype)(x)]
+        hs = [layers.conv3x3(nf, dtype=dtype, kernels=kernels)(x)]
         for i_level in range(num_resolutions):
             for _ in range(m.num_res_blocks):
                 h = resnet_block(hs[-1], out_ch=nf * ch_mult[i_level])
@@ -132,7 +139,9 @@ class NCSNpp(nn.Module):
 
                 if progressive_input == "input_skip":
                     input_pyramid = layers.Downsample(with_conv=False, **resample)(input_pyramid)
-                    h = layers.Combine(method=combine_method, dtype=dtype)(input_pyramid, h)
+                    h = layers.Combine(method=combine_method, dtype=dtype, kernels=kernels)(
+                        input_pyramid, h
+                    )
                 elif progressive_input == "residual":
                     input_pyramid = layers.Downsample(
                         out_ch=h.shape[-1], with_conv=True, **resample
@@ -161,16 +170,18 @@ class NCSNpp(nn.Module):
             if progressive != "none":
                 in_ch = h.shape[-1]
                 if i_level == num_resolutions - 1:
-                    pyramid = act(layers.group_norm(in_ch, dtype=dtype)(h))
+                    pyramid = act(layers.group_norm(in_ch, dtype=dtype, kernels=kernels)(h))
                     out = channels if progressive == "output_skip" else in_ch
                     scale = init_scale if progressive == "output_skip" else 1.0
-                    pyramid = layers.conv3x3(out, init_scale=scale, dtype=dtype)(pyramid)
+                    pyramid = layers.conv3x3(out, init_scale=scale, dtype=dtype, kernels=kernels)(
+                        pyramid
+                    )
                 elif progressive == "output_skip":
                     pyramid = layers.Upsample(with_conv=False, **resample)(pyramid)
-                    pyramid_h = act(layers.group_norm(in_ch, dtype=dtype)(h))
-                    pyramid_h = layers.conv3x3(channels, init_scale=init_scale, dtype=dtype)(
-                        pyramid_h
-                    )
+                    pyramid_h = act(layers.group_norm(in_ch, dtype=dtype, kernels=kernels)(h))
+                    pyramid_h = layers.conv3x3(
+                        channels, init_scale=init_scale, dtype=dtype, kernels=kernels
+                    )(pyramid_h)
                     pyramid = pyramid + pyramid_h
                 else:
                     pyramid = layers.Upsample(out_ch=in_ch, with_conv=True, **resample)(pyramid)
@@ -191,8 +202,8 @@ class NCSNpp(nn.Module):
         if progressive == "output_skip":
             h = pyramid
         else:
-            h = act(layers.group_norm(h.shape[-1], dtype=dtype)(h))
-            h = layers.conv3x3(channels, init_scale=init_scale, dtype=dtype)(h)
+            h = act(layers.group_norm(h.shape[-1], dtype=dtype, kernels=kernels)(h))
+            h = layers.conv3x3(channels, init_scale=init_scale, dtype=dtype, kernels=kernels)(h)
 
         h = h.astype(jnp.float32)
         if m.scale_by_sigma:

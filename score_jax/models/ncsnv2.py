@@ -27,6 +27,7 @@ import numpy as np
 
 from score_jax.models import conv
 from score_jax.models.ddpm import compute_dtype, divide_by_sigma
+from score_jax.models.kernels import model_kernels
 from score_jax.models.layers import get_act
 
 # Mixed precision: convolutions take `dtype` (bfloat16) operands but accumulate and return
@@ -44,7 +45,14 @@ class Stage(NamedTuple):
 
 
 def torch_default_conv(
-    features: int, kernel: int, in_ch: int, name: str, dtype, dilation: int = 1, bias: bool = True
+    features: int,
+    kernel: int,
+    in_ch: int,
+    name: str,
+    dtype,
+    dilation: int = 1,
+    bias: bool = True,
+    kernels: str = "xla",
 ) -> conv.Conv:
     """Conv with PyTorch's default Conv2d init (weight and bias U(+-1/sqrt(fan_in))), 'SAME'."""
     bound = 1.0 / math.sqrt(in_ch * kernel * kernel)
@@ -63,6 +71,7 @@ def torch_default_conv(
         bias_init=bias_init,
         dtype=dtype,
         out_dtype=jnp.float32,
+        kernels=kernels,
         name=name,
     )
 
@@ -105,10 +114,13 @@ class ConvMeanPool(nn.Module):
     features: int
     kernel: int
     dtype: jnp.dtype = jnp.float32
+    kernels: str = "xla"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        h = torch_default_conv(self.features, self.kernel, x.shape[-1], "conv", self.dtype)(x)
+        h = torch_default_conv(
+            self.features, self.kernel, x.shape[-1], "conv", self.dtype, kernels=self.kernels
+        )(x)
         b, height, width, c = h.shape
         return h.reshape(b, height // 2, 2, width // 2, 2, c).mean(axis=(2, 4))
 
@@ -125,6 +137,7 @@ class ResidualBlock(nn.Module):
     resample: str | None = None
     dilation: int | None = None
     dtype: jnp.dtype = jnp.float32
+    kernels: str = "xla"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -133,16 +146,23 @@ class ResidualBlock(nn.Module):
         down = self.resample == "down"
         mid_ch = in_ch if down else self.out_ch
         h = self.act(InstanceNormPlus(name="normalize1")(x))
-        h = torch_default_conv(mid_ch, 3, in_ch, "conv1", dt, dilation=dil)(h)
+        h = torch_default_conv(mid_ch, 3, in_ch, "conv1", dt, dilation=dil, kernels=self.kernels)(h)
         h = self.act(InstanceNormPlus(name="normalize2")(h))
         if down and self.dilation is None:
-            h = ConvMeanPool(self.out_ch, 3, dt, name="conv2")(h)
-            return ConvMeanPool(self.out_ch, 1, dt, name="shortcut")(x) + h
-        h = torch_default_conv(self.out_ch, 3, mid_ch, "conv2", dt, dilation=dil)(h)
+            h = ConvMeanPool(self.out_ch, 3, dt, self.kernels, name="conv2")(h)
+            return ConvMeanPool(self.out_ch, 1, dt, self.kernels, name="shortcut")(x) + h
+        h = torch_default_conv(
+            self.out_ch, 3, mid_ch, "conv2", dt, dilation=dil, kernels=self.kernels
+        )(h)
         if in_ch == self.out_ch and not down:
             return x + h
         kernel = 1 if self.dilation is None else 3
-        return torch_default_conv(self.out_ch, kernel, in_ch, "shortcut", dt, dilation=dil)(x) + h
+        return (
+            torch_default_conv(
+                self.out_ch, kernel, in_ch, "shortcut", dt, dilation=dil, kernels=self.kernels
+            )(x)
+            + h
+        )
 
 
 class RCUBlock(nn.Module):
@@ -151,6 +171,7 @@ class RCUBlock(nn.Module):
     n_blocks: int
     act: Callable[[jax.Array], jax.Array]
     dtype: jnp.dtype = jnp.float32
+    kernels: str = "xla"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -158,9 +179,9 @@ class RCUBlock(nn.Module):
         for i in range(1, self.n_blocks + 1):
             residual = x
             for j in (1, 2):
-                x = torch_default_conv(c, 3, c, f"{i}_{j}_conv", self.dtype, bias=False)(
-                    self.act(x)
-                )
+                x = torch_default_conv(
+                    c, 3, c, f"{i}_{j}_conv", self.dtype, bias=False, kernels=self.kernels
+                )(self.act(x))
             x = x + residual
         return x
 
@@ -170,6 +191,7 @@ class CRPBlock(nn.Module):
 
     act: Callable[[jax.Array], jax.Array]
     dtype: jnp.dtype = jnp.float32
+    kernels: str = "xla"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -178,7 +200,9 @@ class CRPBlock(nn.Module):
         path = x
         for i in range(2):
             path = nn.max_pool(path, (5, 5), strides=(1, 1), padding=((2, 2), (2, 2)))
-            path = torch_default_conv(c, 3, c, f"convs_{i}", self.dtype, bias=False)(path)
+            path = torch_default_conv(
+                c, 3, c, f"convs_{i}", self.dtype, bias=False, kernels=self.kernels
+            )(path)
             x = path + x
         return x
 
@@ -212,12 +236,15 @@ class MSFBlock(nn.Module):
 
     features: int
     dtype: jnp.dtype = jnp.float32
+    kernels: str = "xla"
 
     @nn.compact
     def __call__(self, xs: Sequence[jax.Array], shape: tuple[int, int]) -> jax.Array:
         total = 0.0
         for i, x in enumerate(xs):
-            h = torch_default_conv(self.features, 3, x.shape[-1], f"convs_{i}", self.dtype)(x)
+            h = torch_default_conv(
+                self.features, 3, x.shape[-1], f"convs_{i}", self.dtype, kernels=self.kernels
+            )(x)
             total = total + resize_bilinear_aligned(h, *shape)
         return total
 
@@ -230,14 +257,22 @@ class RefineBlock(nn.Module):
     start: bool = False
     end: bool = False
     dtype: jnp.dtype = jnp.float32
+    kernels: str = "xla"
 
     @nn.compact
     def __call__(self, xs: Sequence[jax.Array], shape: tuple[int, int]) -> jax.Array:
         dt = self.dtype
-        hs = [RCUBlock(2, self.act, dt, name=f"adapt_convs_{i}")(x) for i, x in enumerate(xs)]
-        h = MSFBlock(self.features, dt, name="msf")(hs, shape) if len(hs) > 1 else hs[0]
-        h = CRPBlock(self.act, dt, name="crp")(h)
-        return RCUBlock(3 if self.end else 1, self.act, dt, name="output_convs")(h)
+        hs = [
+            RCUBlock(2, self.act, dt, self.kernels, name=f"adapt_convs_{i}")(x)
+            for i, x in enumerate(xs)
+        ]
+        h = (
+            MSFBlock(self.features, dt, self.kernels, name="msf")(hs, shape)
+            if len(hs) > 1
+            else hs[0]
+        )
+        h = CRPBlock(self.act, dt, self.kernels, name="crp")(h)
+        return RCUBlock(3 if self.end else 1, self.act, dt, self.kernels, name="output_convs")(h)
 
 
 class NCSNv2(nn.Module):
@@ -255,8 +290,9 @@ class NCSNv2(nn.Module):
                 f"found {config.model.normalization!r}."
             )
         act, dt, nf = get_act(config), compute_dtype(config), config.model.nf
+        kernels = model_kernels(config)
         h = x if config.data.centered else 2 * x - 1.0
-        h = torch_default_conv(nf, 3, x.shape[-1], "begin_conv", dt)(h.astype(dt))
+        h = torch_default_conv(nf, 3, x.shape[-1], "begin_conv", dt, kernels=kernels)(h.astype(dt))
         # model.remat recomputes each ResidualBlock in the backward pass; names are unchanged.
         block_cls = nn.remat(ResidualBlock) if config.model.get("remat", False) else ResidualBlock
         levels = []
@@ -264,7 +300,13 @@ class NCSNv2(nn.Module):
             for block in range(2):
                 resample = "down" if index > 0 and block == 0 else None
                 h = block_cls(
-                    stage.mult * nf, act, resample, stage.dilation, dt, name=f"{stage.name}_{block}"
+                    stage.mult * nf,
+                    act,
+                    resample,
+                    stage.dilation,
+                    dt,
+                    kernels,
+                    name=f"{stage.name}_{block}",
                 )(h)
             levels.append(h)
 
@@ -273,12 +315,18 @@ class NCSNv2(nn.Module):
             features = nf * (self.STAGES[index - 1].mult if index > 0 else 1)
             inputs = [levels[index]] if refined is None else [levels[index], refined]
             block = RefineBlock(
-                features, act, refined is None, index == 0, dt, name=self.STAGES[index].refine
+                features,
+                act,
+                refined is None,
+                index == 0,
+                dt,
+                kernels,
+                name=self.STAGES[index].refine,
             )
             refined = block(inputs, levels[index].shape[1:3])
 
         h = act(InstanceNormPlus(name="normalizer")(refined))
-        h = torch_default_conv(config.data.num_channels, 3, nf, "end_conv", dt)(h)
+        h = torch_default_conv(config.data.num_channels, 3, nf, "end_conv", dt, kernels=kernels)(h)
         return divide_by_sigma(h.astype(jnp.float32), labels, config)
 
 

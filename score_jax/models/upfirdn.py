@@ -117,9 +117,10 @@ def downsample_2d(
     return upfirdn2d(x, kernel, down=factor, pad=((p + 1) // 2, p // 2))
 
 
-def conv2d(x: jax.Array, w: jax.Array, stride: int, padding, dtype=jnp.float32):
+def conv2d(x: jax.Array, w: jax.Array, stride: int, padding, dtype=jnp.float32, kernels="xla"):
     """NHWC x HWIO convolution with `dtype` operands and a float32 result."""
-    return conv.conv2d(x.astype(dtype), w.astype(dtype), (stride, stride), padding, jnp.float32)
+    x, w = x.astype(dtype), w.astype(dtype)
+    return conv.convolve(x, w, (stride, stride), padding, jnp.float32, (1, 1), kernels)
 
 
 def upsample_conv_2d(
@@ -129,6 +130,7 @@ def upsample_conv_2d(
     factor: int = 2,
     gain: float = 1.0,
     dtype=jnp.float32,
+    kernels: str = "xla",
 ) -> jax.Array:
     """Transposed conv (stride `factor`, weights w [kh, kw, in, out]) then FIR filtering.
 
@@ -141,7 +143,7 @@ def upsample_conv_2d(
     # (the stuffed signal already ends in f-1 zeros, so its high side needs f-1 fewer).
     y = zero_stuff(zero_stuff(x, factor, 1), factor, 2)
     edge = (conv - 1, conv - 1 - (factor - 1))
-    y = conv2d(y, w, 1, (edge, edge), dtype)
+    y = conv2d(y, w, 1, (edge, edge), dtype, kernels)
     return upfirdn2d(y, kernel, pad=((p + 1) // 2 + factor - 1, p // 2 + 1))
 
 
@@ -152,13 +154,14 @@ def conv_downsample_2d(
     factor: int = 2,
     gain: float = 1.0,
     dtype=jnp.float32,
+    kernels: str = "xla",
 ) -> jax.Array:
     """FIR filtering then a strided VALID conv with w [kh, kw, in, out]."""
     conv = w.shape[0]
     kernel, size = _kernel(k, gain)
     p = (size - factor) + (conv - 1)
     x = upfirdn2d(x, kernel, pad=((p + 1) // 2, p // 2))
-    return conv2d(x, w, factor, "VALID", dtype)
+    return conv2d(x, w, factor, "VALID", dtype, kernels)
 
 
 def naive_upsample_2d(x: jax.Array, factor: int = 2) -> jax.Array:

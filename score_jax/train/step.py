@@ -25,6 +25,7 @@ from jax.sharding import PartitionSpec as P
 
 from score_jax.data.preprocess import get_scaler, to_float
 from score_jax.losses import Loss, get_loss_fn
+from score_jax.models.kernels import model_kernels
 from score_jax.parallel import DATA_AXIS
 from score_jax.sde import SDE
 from score_jax.train.optimizer import ema_decay, update_ema
@@ -71,20 +72,38 @@ def _device_loss(loss_fn: Loss, params, x, noise, dropout_key) -> jax.Array:
     return loss_fn.compute(params, {"image": x}, noise, dropout_key)[0]
 
 
+def _global_loss_and_grads(loss_fn: Loss, params, x, noise, dropout_key, check_vma: bool):
+    """The global mean loss and its gradient, the same on every device.
+
+    Equal shards, so the mean of shard means is the global mean. Under check_vma=True autodiff
+    knows the parameters are replicated and differentiates the pmean itself; under
+    check_vma=False (pmap's semantics, needed by the 'cpu' kernels' custom VJPs) each device's
+    own gradient is averaged explicitly.
+    """
+    if check_vma:
+        return jax.value_and_grad(
+            lambda p: lax.pmean(_device_loss(loss_fn, p, x, noise, dropout_key), DATA_AXIS)
+        )(params)
+    loss, grads = jax.value_and_grad(lambda p: _device_loss(loss_fn, p, x, noise, dropout_key))(
+        params
+    )
+    return lax.pmean(loss, DATA_AXIS), lax.pmean(grads, DATA_AXIS)
+
+
 def device_update(
-    config: ml_collections.ConfigDict, loss_fn: Loss, optimizer: optax.GradientTransformation
+    config: ml_collections.ConfigDict,
+    loss_fn: Loss,
+    optimizer: optax.GradientTransformation,
+    check_vma: bool = False,
 ) -> Callable[..., tuple[TrainState, StepMetrics]]:
     """(state, x [B_device, ...], noise, dropout key) -> (state after one update, metrics).
 
     Loss and gradient norm are global (the same on every device)."""
 
     def update(state: TrainState, x, noise, dropout_key):
-        loss, grads = jax.value_and_grad(
-            lambda params: _device_loss(loss_fn, params, x, noise, dropout_key)
-        )(state.params)
-        # Equal shards, so the mean of shard means is the global mean.
-        grads = lax.pmean(grads, DATA_AXIS)
-        loss = lax.pmean(loss, DATA_AXIS)
+        loss, grads = _global_loss_and_grads(
+            loss_fn, state.params, x, noise, dropout_key, check_vma
+        )
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         new_step = state.step + 1
@@ -122,15 +141,15 @@ def make_train_step(
     back to back, and 22 s to compile vs 32 s.
     """
     preprocess = make_preprocess(config)
-    # check_vma=False gives pmap's semantics: the gradient of replicated parameters is each
-    # device's own, which the explicit pmean averages. (With check_vma=True autodiff would
-    # already psum it, and network layers with a custom VJP would be refused.)
+    # The 'cpu' kernels' custom VJPs need check_vma=False (pmap's semantics); plain lax and
+    # flax ('xla', the GPU/TPU default) run with shard_map's replication checks on.
+    check_vma = model_kernels(config) == "xla"
     update = jax.shard_map(
-        device_update(config, loss_fn, optimizer),
+        device_update(config, loss_fn, optimizer, check_vma),
         mesh=mesh,
         in_specs=(P(), P(DATA_AXIS), P(DATA_AXIS), P()),
         out_specs=(P(), P()),
-        check_vma=False,
+        check_vma=check_vma,
     )
 
     def one_step(state: TrainState, images: jax.Array):
@@ -158,7 +177,7 @@ def make_eval_step(
         mesh=mesh,
         in_specs=(P(), P(DATA_AXIS), P(DATA_AXIS), P()),
         out_specs=P(),
-        check_vma=False,
+        check_vma=model_kernels(config) == "xla",
     )
 
     def eval_step(params, images, key):
