@@ -108,6 +108,15 @@ def _stream(config, mesh, start: int) -> Iterator[tuple[int, jax.Array, jax.Arra
         step += n
 
 
+def _start_state(config, mesh, optimizer, manager) -> tuple[TrainState, bool]:
+    """(state, resumed): the latest checkpoint's state, or a fresh one, replicated."""
+    init_key, state_key = jax.random.split(jax.random.PRNGKey(config.seed))
+    params = init_classifier(init_key, config)["params"]
+    state = parallel.replicate(create_train_state(params, optimizer, state_key), mesh)
+    restored = checkpoints.restore_state(manager, state, parallel.replicated(mesh))
+    return (state, False) if restored is None else (restored, True)
+
+
 def train_classifier(config: ml_collections.ConfigDict, workdir: str | Path) -> TrainState:
     """Trains (or resumes) the classifier until config.training.n_iters; returns the state."""
     workdir, t = Path(workdir), config.training
@@ -115,28 +124,18 @@ def train_classifier(config: ml_collections.ConfigDict, workdir: str | Path) -> 
     mesh = parallel.make_mesh()
     check_training_config(config, mesh.devices.size)
     sde, model, optimizer = get_sde(config), get_classifier(config), get_optimizer(config)
-    init_key, state_key = jax.random.split(jax.random.PRNGKey(config.seed))
-    params = init_classifier(init_key, config)["params"]
-    state = parallel.replicate(create_train_state(params, optimizer, state_key), mesh)
     manager = checkpoints.make_manager(workdir, t.snapshot_freq, int(t.keep_checkpoints))
-    restored = checkpoints.restore_state(manager, state, parallel.replicated(mesh))
-    state = state if restored is None else restored
-    start = int(jax.device_get(state.step.addressable_data(0)))
-    log.info(
-        "%s classifier training in %s.",
-        f"Resuming at step {start}" if restored is not None else "Starting",
-        workdir,
-    )
+    state, resumed = _start_state(config, mesh, optimizer, manager)
+    step = last_saved = int(jax.device_get(state.step.addressable_data(0)))
+    log.info("%s classifier training in %s.", f"Step {step}:" if resumed else "Starting", workdir)
     train_step = make_classifier_step(config, sde, model.apply, optimizer, mesh)
-    writer = MetricsWriter(workdir, start_step=start)
-    bar = _progress_bar(start, t.n_iters)
-    step = last_saved = start
+    writer = MetricsWriter(workdir, start_step=step)
+    bar = _progress_bar(step, t.n_iters)
     try:
         with _StopSignal() as stop:
-            for n, images, labels in _stream(config, mesh, start):
+            for n, images, labels in _stream(config, mesh, step):
                 state, (losses, accs) = train_step(state, images, labels)
-                losses = np.asarray(losses.addressable_data(0))
-                accs = np.asarray(accs.addressable_data(0))
+                losses, accs = (np.asarray(a.addressable_data(0)) for a in (losses, accs))
                 if not np.all(np.isfinite(losses)):
                     raise ValueError(
                         f"Classifier training diverged near step {step + 1}; "
