@@ -190,7 +190,7 @@ def run_cond_sample(
     step, params, sde, score_fn_of, options = _score_setup(config, workdir, step)
     _, cls_params = restore_classifier(cls_workdir, cls_config)
     classifier = get_classifier(cls_config)
-    _, inverse = _scalers(config)
+    scaler, inverse = _scalers(config)
     size, channels = config.data.image_size, config.data.num_channels
 
     @jax.jit
@@ -205,6 +205,13 @@ def run_cond_sample(
     labels = (np.full((num,), label, np.int32),)
     samples = _batched(
         lambda k, a: sample(params, cls_params, k, *a), labels, config.eval.batch_size, seed
+    )
+    logits = jax.jit(get_logits_fn(sde, classifier, cls_params))
+    predicted = np.argmax(logits(scaler(samples), jnp.zeros((len(samples),))), axis=-1)
+    logging.info(
+        "The classifier at t = 0 assigns %.1f%% of the samples to class %d.",
+        100.0 * np.mean(predicted == label),
+        label,
     )
     from score_jax.train.images import image_grid
 

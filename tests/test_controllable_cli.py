@@ -89,3 +89,22 @@ def test_inpaint_writes_the_grid_and_keeps_known_pixels(tmp_path, capsys):
     np.testing.assert_allclose(samples[:, :4], np.repeat(images[:, :4] / 255.0, 2, 0), atol=1e-5)
     # 3 rows and 4 columns of 8x8 images with 1-pixel borders, upscaled 8x.
     assert Image.open(out).size == ((4 * 9 + 1) * 8, (3 * 9 + 1) * 8)
+
+
+def test_colorize_reads_png_and_writes_the_grid(tmp_path, capsys):
+    """An untrained 3-channel checkpoint and an RGB PNG: 3 samples of the right shape in [0, 1]
+    and a grid of gray input + 3 samples. (The gray constraint itself is tested against the
+    closed form in test_controllable.py; an untrained model's colours are clipped here.)"""
+    config = load_config(DIGITS, [*TINY, "--config.data.num_channels=3"])
+    params = init_model(jax.random.PRNGKey(0), config)["params"]
+    save_inference_checkpoint(tmp_path / "run", 1, params)
+    rgb = np.random.default_rng(1).integers(0, 256, (8, 8, 3)).astype(np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "x.png")
+    out = tmp_path / "color.png"
+    argv = ["colorize", "--config", DIGITS, *TINY, "--config.data.num_channels=3"]
+    argv += ["--workdir", str(tmp_path / "run"), "--image", str(tmp_path / "x.png")]
+    status, err = run_cli([*argv, "--num_samples", "3", "--out", str(out)], capsys)
+    assert status == 0, err
+    samples = np.load(out.with_suffix(".npz"))["samples"]
+    assert samples.shape == (3, 8, 8, 3) and samples.min() >= 0 and samples.max() <= 1
+    assert Image.open(out).size == ((4 * 9 + 1) * 8, (1 * 9 + 1) * 8)
