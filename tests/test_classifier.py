@@ -69,6 +69,9 @@ def test_perturb_draws_the_forward_marginal():
     assert float(std.min()) < 0.1 and float(std.max()) > 0.9  # t spans (eps, T)
 
 
+# Slow: a second training run (~25 s on 2 cores). The default run trains once (the fixture, used
+# by the network test) and test_train_loop covers checkpoints.restore_state for score models.
+@pytest.mark.slow
 def test_training_resumes_exactly_and_restores_for_inference(trained, tmp_path):
     """4 steps in one go equal a restart from the step-2 checkpoint and 2 more steps (same
     data batches, noise and optimizer state); inference restores the final EMA."""
