@@ -10,6 +10,7 @@ then the samples; the samples in [0, 1] go to an .npz beside it.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -182,10 +183,12 @@ def run_cond_sample(
             f"--class {label} is out of range: the classifier has {classes} classes "
             f"(0..{classes - 1})."
         )
-    if get_sde(cls_config) != get_sde(config):
+    # The classifier sees x_t through the perturbation kernel alone, which N does not change.
+    cls_sde, score_sde = (dataclasses.replace(get_sde(c), N=1) for c in (cls_config, config))
+    if cls_sde != score_sde:
         raise ValueError(
-            f"The classifier was trained for {get_sde(cls_config)} but the score model uses "
-            f"{get_sde(config)}; train the classifier with the score model's SDE settings."
+            f"The classifier was trained for {cls_sde} but the score model uses {score_sde} "
+            "(N aside); train the classifier with the score model's SDE settings."
         )
     step, params, sde, score_fn_of, options = _score_setup(config, workdir, step)
     _, cls_params = restore_classifier(cls_workdir, cls_config)

@@ -108,3 +108,33 @@ def test_colorize_reads_png_and_writes_the_grid(tmp_path, capsys):
     samples = np.load(out.with_suffix(".npz"))["samples"]
     assert samples.shape == (3, 8, 8, 3) and samples.min() >= 0 and samples.max() <= 1
     assert Image.open(out).size == ((4 * 9 + 1) * 8, (1 * 9 + 1) * 8)
+
+
+def test_cond_sample_runs_and_refuses_a_classifier_of_another_sde(tmp_path, capsys, caplog):
+    """An untrained score checkpoint and an all-zero classifier (constant logits: no guidance):
+    the grid, the samples and the classifier's verdict are written; a classifier trained for
+    another SDE is refused."""
+    from score_jax.models.classifier import init_classifier
+
+    config = load_config(DIGITS, TINY)
+    save_inference_checkpoint(
+        tmp_path / "run", 1, init_model(jax.random.PRNGKey(0), config)["params"]
+    )
+    shapes = jax.eval_shape(
+        lambda: init_classifier(jax.random.PRNGKey(0), load_config(CLASSIFIER, []))
+    )
+    zeros = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes["params"])
+    save_inference_checkpoint(tmp_path / "cls", 1, zeros)
+    out = tmp_path / "class3.png"
+    argv = ["cond-sample", "--config", DIGITS, *TINY, "--workdir", str(tmp_path / "run")]
+    argv += ["--classifier_config", CLASSIFIER, "--classifier_workdir", str(tmp_path / "cls")]
+    with caplog.at_level("INFO"):
+        status, err = run_cli([*argv, "--class", "3", "--num", "5", "--out", str(out)], capsys)
+    assert status == 0, err
+    assert np.load(out.with_suffix(".npz"))["samples"].shape == (5, 8, 8, 1)
+    # Constant logits: argmax is class 0, so none of the samples is counted as a 3.
+    assert "assigns 0.0% of the samples to class 3" in caplog.text
+    status, err = run_cli(
+        [*argv, "--class", "3", "--out", str(out), "--config.model.beta_max=10"], capsys
+    )
+    assert status == 1 and "The classifier was trained for VPSDE" in err, err
