@@ -12,6 +12,14 @@ conditional questions without retraining:
   to the current noise level (`sde.marginal_prob`). Colorization is inpainting in the
   orthonormal colour basis `GRAY_BASIS`, whose first channel is the gray image.
 
+Replacement is approximate: between steps the known part is fresh noise around the observation,
+so the unknown part feels the observation only weakly at high noise, and it is the corrector's
+Langevin mixing at low noise that pulls it onto p(x_unknown | x_known). Measured against the
+closed form on an 8-dimensional Gaussian with the exact score (tests/test_controllable.py): VE,
+250 levels, Langevin snr 0.08 x 2 steps: within sampling error of 4000 samples; the predictor
+alone: off. VP spends fewer steps at low noise: 250 levels with 1 Langevin step (snr 0.05) put
+the conditional mean 0.6 std off, 15 steps 0.15 std.
+
 Two fixes over the official code: the known part is perturbed already at initialisation (the
 official initial state has the clean observation at t = T), and the final denoised output
 keeps the predictor's noise-free mean in the unknown part (the official code recomputes the
