@@ -2,6 +2,8 @@
 have the same parameters, values and gradients; 'xla' programs hold no custom VJP; the training
 step runs with shard_map's replication checks on the 'xla' path and gives the same loss curve."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -26,8 +28,12 @@ SMALL_NCSNPP = [
     "model.attn_resolutions=(4,)",
 ]
 FAMILIES = {
-    # FIR BigGAN blocks, fused FIR up/down convs, residual input pyramid, Fourier features.
-    "ncsnpp_fir": ("ve/cifar10_ncsnpp_continuous.py", SMALL_NCSNPP),
+    # FIR BigGAN blocks, the fused FIR up/down convolutions of the residual input and output
+    # pyramids, Fourier features.
+    "ncsnpp_fir": (
+        "ve/cifar10_ncsnpp_continuous.py",
+        [*SMALL_NCSNPP, "model.progressive=residual", "model.progressive_input=residual"],
+    ),
     # DDPM++ blocks with naive resampling convs, output skip, cat combine, positional labels.
     "ddpmpp_cat": (
         "vp/cifar10_ddpmpp_continuous.py",
@@ -117,6 +123,23 @@ def test_cpu_and_xla_kernels_agree(family):
     floor = 1e-6 * max(float(np.abs(g).max()) for g in jax.tree.leaves(grads_cpu))
     for (path, g_cpu), g_xla in zip(flat_cpu, jax.tree.leaves(grads_xla), strict=True):
         assert_close(g_xla, g_cpu, jax.tree_util.keystr(path), floor)
+
+
+def test_upsample_conv_is_one_input_dilated_convolution_on_the_xla_path():
+    from score_jax.models import upfirdn
+
+    x = jax.random.normal(jax.random.PRNGKey(5), (2, 5, 5, 3))
+    w = jax.random.normal(jax.random.PRNGKey(6), (3, 3, 3, 4))
+    outs = {}
+    for kernels in ("cpu", "xla"):
+        up = functools.partial(upfirdn.upsample_conv_2d, k=(1, 3, 3, 1), kernels=kernels)
+        grads = jax.grad(lambda x, w, up=up: jnp.sum(up(x, w) ** 2), (0, 1))(x, w)
+        outs[kernels] = (up(x, w), grads)
+        jaxpr = str(jax.make_jaxpr(up)(x, w))
+        assert ("lhs_dilation=(2, 2)" in jaxpr) == (kernels == "xla")
+    assert outs["xla"][0].shape == (2, 10, 10, 4)
+    for got, want in zip(jax.tree.leaves(outs["xla"]), jax.tree.leaves(outs["cpu"]), strict=True):
+        assert_close(got, want, "upsample_conv_2d")
 
 
 def test_resolve_kernels():

@@ -135,15 +135,28 @@ def upsample_conv_2d(
     """Transposed conv (stride `factor`, weights w [kh, kw, in, out]) then FIR filtering.
 
     The official JAX semantics; the PyTorch port of this op cannot run (negative-step slice).
+    A stride-f transposed conv is a correlation of the input dilated by f, padded by conv-1.
+    With kernels='xla' that is one input-dilated convolution (no zeros stored or multiplied);
+    the 'cpu' kernels zero-stuff the input instead (f-1 trailing zeros, so its high side needs
+    f-1 less padding), which keeps the convolution canonical for models/conv.py's backward.
     """
     conv = w.shape[0]
     kernel, size = _kernel(k, gain * factor**2)
     p = (size - factor) - (conv - 1)
-    # A stride-f transposed conv is a correlation of the zero-stuffed input padded by conv-1
-    # (the stuffed signal already ends in f-1 zeros, so its high side needs f-1 fewer).
-    y = zero_stuff(zero_stuff(x, factor, 1), factor, 2)
-    edge = (conv - 1, conv - 1 - (factor - 1))
-    y = conv2d(y, w, 1, (edge, edge), dtype, kernels)
+    if kernels == "cpu":
+        y = zero_stuff(zero_stuff(x, factor, 1), factor, 2)
+        edge = (conv - 1, conv - 1 - (factor - 1))
+        y = conv2d(y, w, 1, (edge, edge), dtype, kernels)
+    else:
+        y = lax.conv_general_dilated(
+            x.astype(dtype),
+            w.astype(dtype),
+            (1, 1),
+            ((conv - 1, conv - 1), (conv - 1, conv - 1)),
+            lhs_dilation=(factor, factor),
+            dimension_numbers=_NHWC,
+            preferred_element_type=jnp.float32,
+        )
     return upfirdn2d(y, kernel, pad=((p + 1) // 2 + factor - 1, p // 2 + 1))
 
 
