@@ -144,14 +144,21 @@ def row(name: str, seconds: float, times: list[float], compile_s: float | None, 
     }
 
 
+def compiled_row(name: str, compile_s: float, **extra) -> dict:
+    """A --compile_only measurement: the compile time, no timing."""
+    return row(name, float("nan"), [], compile_s, compile_only=True, **extra)
+
+
 # ----------------------------------------------------------------------------- the set-up
 
 
 class Bench:
     """The config's network, SDE and inputs at one batch size, shared by every measurement."""
 
-    def __init__(self, config, batch: int, repeats: int):
+    def __init__(self, config, batch: int, repeats: int, compile_only: bool = False):
         self.config, self.batch, self.repeats = config, batch, repeats
+        # Compile every program (into JAX's persistent cache when one is set) and time nothing.
+        self.compile_only = compile_only
         self.sde = get_sde(config)
         self.model = get_model(config)
         self.continuous = bool(config.training.continuous)
@@ -203,6 +210,10 @@ def bench_network(b: Bench, peak: float | None) -> None:
         executable, compile_s, flops = compile_ahead(jax.jit(fn), *args)
         b.reference[name] = functools.partial(executable, *args)
         compiled[name] = (compile_s, flops)
+    if b.compile_only:
+        for name, (compile_s, flops) in compiled.items():
+            b.rows[name] = compiled_row(name, compile_s, gflop=_g(flops))
+        return
     timed = median_times(b.reference, b.repeats)
     for name, (seconds, times) in timed.items():
         compile_s, flops = compiled[name]
@@ -283,6 +294,10 @@ def bench_train(
         images = parallel.host_batch_to_global(raw, mesh, batch_axis=1)
         compiled, compile_s, flops = compile_ahead(step, state, images)
         plan = planned_bytes(compiled)
+        if b.compile_only:
+            name = f"train (n_jitted_steps={k})"
+            b.rows[name] = compiled_row(name, compile_s, plan_mib=plan and plan / 2**20)
+            continue
         call = _threaded_step(compiled, state)
         calls = {"synthetic": functools.partial(call, images), "forward": b.reference["forward"]}
         with tempfile.TemporaryDirectory() as workdir:
@@ -343,6 +358,8 @@ def _time_sampler(b: Bench, config, repeats: int) -> tuple[float, list, float, i
 
     key = jax.random.PRNGKey(2)
     compiled, compile_s, _ = compile_ahead(sample, b.params, key)
+    if b.compile_only:
+        return None, [], compile_s, None, None
     nfe = int(compiled(b.params, key)[1])
     seconds, times, forward = b.time_with_reference(
         lambda: compiled(b.params, key), "forward", repeats
@@ -355,6 +372,9 @@ def bench_pc(b: Bench, pc_steps: int, full: bool) -> None:
     sample at the config's number of levels."""
     config = _with(b.config, **{"sampling.method": "pc", "model.num_scales": pc_steps})
     seconds, times, compile_s, nfe, forward = _time_sampler(b, config, b.repeats)
+    if b.compile_only:
+        b.rows["pc step"] = compiled_row("pc step", compile_s)
+        return
     per_level = nfe / pc_steps
     b.rows["pc step"] = row(
         "pc step",
@@ -375,6 +395,9 @@ def bench_ode(b: Bench) -> None:
     """The probability-flow ODE sampler (adaptive): NFE and time per NFE."""
     config = _with(b.config, **{"sampling.method": "ode"})
     seconds, times, compile_s, nfe, forward = _time_sampler(b, config, b.repeats)
+    if b.compile_only:
+        b.rows["ode sample"] = compiled_row("ode sample", compile_s)
+        return
     b.rows["ode sample"] = row(
         "ode sample",
         seconds,
@@ -396,6 +419,9 @@ def bench_likelihood(b: Bench) -> None:
 
     key = jax.random.PRNGKey(3)
     compiled, compile_s, _ = compile_ahead(likelihood, b.params, key, b.data)
+    if b.compile_only:
+        b.rows["likelihood"] = compiled_row("likelihood", compile_s)
+        return
     nfe = int(compiled(b.params, key, b.data)[2])
     seconds, times, unit = b.time_with_reference(
         lambda: compiled(b.params, key, b.data), "forward+vjp"
@@ -471,6 +497,18 @@ def format_row(r: dict) -> str:
     return line + ", ".join(derived)
 
 
+def use_compilation_cache(required: bool) -> None:
+    """Caches every compiled program in JAX_COMPILATION_CACHE_DIR, when it is set, whatever its
+    compile time (JAX's default skips programs that compile in under a second)."""
+    if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+        if required:
+            raise SystemExit("--compile_only needs JAX_COMPILATION_CACHE_DIR (a folder) to fill")
+        return
+    jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
 def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", required=True, help="config file (get_config())")
@@ -489,6 +527,13 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--full", action="store_true", help="also a full PC sample")
     parser.add_argument("--data", choices=("synthetic", "real"), default="synthetic")
     parser.add_argument("--json", default=None, help="write every figure to this file")
+    parser.add_argument(
+        "--compile_only",
+        action="store_true",
+        help="compile every program into JAX's persistent compilation cache "
+        "(JAX_COMPILATION_CACHE_DIR, required) and time nothing; a later run with the same "
+        "arguments then loads them instead of compiling",
+    )
     args, rest = parser.parse_known_args(argv)
     bad = [a for a in rest if not a.startswith("--config.")]
     if bad:
@@ -516,8 +561,9 @@ def main(argv: list[str] | None = None) -> dict:
     if batch % jax.device_count():
         raise SystemExit(f"--batch {batch} must be divisible by the {jax.device_count()} devices")
     config = _with(config, **{"model.dtype": args.dtype, "training.batch_size": batch})
+    use_compilation_cache(args.compile_only)
     load_before = os.getloadavg()
-    b = Bench(config, batch, args.repeats)
+    b = Bench(config, batch, args.repeats, args.compile_only)
     peak = device_peak_flops(args.dtype)
     steps = [functools.partial(bench_network, b, peak)]
     if "train" in args.what:

@@ -100,3 +100,30 @@ def test_benchmark_image_network_ode_and_npz_data(benchmark_module, tmp_path):
     rows = json.loads(out.read_text())["rows"]
     assert rows["train real data (n_jitted_steps=1)"]["dataset"] == "npz"
     assert rows["ode sample"]["nfe"] > 0
+
+
+def test_compile_only_fills_the_persistent_cache_and_times_nothing(tmp_path):
+    """--compile_only: every program compiled into JAX_COMPILATION_CACHE_DIR, no timings."""
+    import os
+    import subprocess
+    import sys
+
+    out, cache = tmp_path / "compiled.json", tmp_path / "cache"
+    argv = [sys.executable, str(REPO / "scripts" / "benchmark.py"), "--compile_only"]
+    argv += ["--config", str(REPO / "configs" / "toy" / "mixture_vp.py"), "--batch", "8"]
+    argv += ["--what", "train,sample,likelihood", "--json", str(out), "--config.model.nf=16"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_COMPILATION_CACHE")}
+    env["SCORE_JAX_HUGEPAGES"] = "0"
+    refused = subprocess.run(argv, env=env, capture_output=True, text=True)
+    assert refused.returncode != 0 and "JAX_COMPILATION_CACHE_DIR" in refused.stderr
+    done = subprocess.run(
+        argv, env={**env, "JAX_COMPILATION_CACHE_DIR": str(cache)}, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = json.loads(out.read_text())["rows"]
+    names = {"forward", "forward+vjp", "train (n_jitted_steps=1)", "pc step", "likelihood"}
+    assert set(rows) == names
+    for r in rows.values():
+        assert r["compile_only"] and r["times_ms"] == [] and r["compile_s"] > 0, r
+    # One cache entry per compiled program at least (JAX also caches its small helpers).
+    assert len([p for p in cache.iterdir() if p.name.startswith("jit_")]) >= len(names)
