@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from score_jax.config import ConfigError, load_config
+from score_jax.errors import EXIT_PREEMPTED, TrainingPreempted
 from score_jax.hugepages import reexec_with_hugepages
 
 _DESCRIPTION = "Score-based generative modelling through SDEs, in JAX."
@@ -118,6 +119,9 @@ def _initialize_distributed(args: argparse.Namespace) -> None:
 
 
 def _run(args: argparse.Namespace, config) -> None:
+    workdir = getattr(args, "workdir", None)
+    if workdir is not None and os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise ValueError(f"--workdir {workdir} is a file; give a folder (it is created if absent).")
     if args.command == "train":
         from score_jax.train.loop import train
 
@@ -174,6 +178,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if os.environ.get("SCORE_JAX_TRACEBACK"):
             raise
         parser.exit(1, f"score-jax {args.command}: error: {err}\n")
+    except TrainingPreempted as err:
+        parser.exit(EXIT_PREEMPTED, f"score-jax {args.command}: {err}; rerun to resume\n")
     except KeyboardInterrupt:
         parser.exit(130, f"score-jax {args.command}: interrupted\n")
     return 0

@@ -26,6 +26,11 @@ def load_config_file(path: str | Path) -> ml_collections.ConfigDict:
     if not path.is_file():
         raise ConfigError(f"Config file not found: {path} (expected a .py file with get_config()).")
     name = f"_score_jax_config_{abs(hash(str(path.resolve())))}"
+    if path.suffix != ".py":
+        raise ConfigError(
+            f"--config {path}: a config is a Python file (.py) with get_config(), e.g. "
+            "configs/digits/vp_ddpmpp.py; data files go in --config.data.path."
+        )
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     # Config files import their shared defaults by plain name (`from configs import ...` or a

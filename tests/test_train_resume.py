@@ -25,6 +25,7 @@ import pytest
 from conftest import cache_env
 
 from score_jax.config import load_config
+from score_jax.errors import EXIT_PREEMPTED
 from score_jax.train import checkpoints, loop
 
 pytestmark = pytest.mark.usefixtures("compilation_cache")
@@ -364,7 +365,7 @@ def test_sigint_then_sigterm_twice_save_and_resume(
         release(proc, "saving")
     finally:
         out = finish(proc)
-    assert proc.returncode == 0, out
+    assert proc.returncode == EXIT_PREEMPTED, out  # saved, but the work is not finished
     assert f"Resuming from step 2 (checkpoint {checkpoints.checkpoint_dir(workdir) / '2'})" in out
     assert "SIGTERM: saved step 4" in out and "after 2 step(s) in 2 call(s)" in out, out
     assert checkpoints.list_steps(workdir) == [2, 4]

@@ -3,8 +3,9 @@
 The loop resumes from the latest checkpoint in `workdir`, feeds `n_jitted_steps` global batches
 per compiled call, and after each call looks at the losses once on the host: a NaN or Inf stops
 the run (naming the step) before anything is saved, so the last checkpoint on disk is always a
-finite state. SIGTERM (preemption) saves the current state and returns; SIGINT (Ctrl-C) saves
-it and raises KeyboardInterrupt (the CLI exits with 130). A resumed run logs the step and the
+finite state. SIGTERM (preemption) saves the current state and raises TrainingPreempted (the
+CLI exits with EXIT_PREEMPTED, 75); SIGINT (Ctrl-C) saves it and raises KeyboardInterrupt (the
+CLI exits with 130). A resumed run logs the step and the
 checkpoint it starts from, runs only the remaining steps (the log's last line counts them), and
 continues the training and evaluation streams and the per-step keys fold_in(rng, step) where
 they were, so its final state is bitwise that of a run that never stopped, whatever
@@ -30,6 +31,7 @@ import ml_collections
 import numpy as np
 
 from score_jax import parallel
+from score_jax.errors import TrainingPreempted
 from score_jax.sde import get_sde
 from score_jax.train import checkpoints
 from score_jax.train.metrics import MetricsWriter
@@ -97,6 +99,8 @@ class _StopSignal:
 def check_training_config(config: ml_collections.ConfigDict, n_devices: int) -> None:
     """Refuses settings the loop cannot honour, naming the key."""
     t = config.training
+    if t.n_iters < 1:
+        raise ValueError(f"config.training.n_iters must be >= 1, got {t.n_iters}.")
     if t.n_jitted_steps < 1:
         raise ValueError(f"config.training.n_jitted_steps must be >= 1, got {t.n_jitted_steps}.")
     for key in ("snapshot_freq", "snapshot_freq_for_preemption", "log_freq", "eval_freq"):
@@ -202,8 +206,8 @@ class _Progress:
 def train(config: ml_collections.ConfigDict, workdir: str | Path) -> TrainState:
     """Trains (or resumes) until config.training.n_iters; returns the final state.
 
-    SIGTERM saves the current state and returns it; SIGINT (Ctrl-C) saves it and raises
-    KeyboardInterrupt. Either way a rerun resumes from that checkpoint."""
+    SIGTERM saves the current state and raises TrainingPreempted; SIGINT (Ctrl-C) saves it and
+    raises KeyboardInterrupt. Either way a rerun resumes from that checkpoint."""
     from score_jax.models import get_model
 
     workdir = Path(workdir)
@@ -246,7 +250,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> TrainState:
             parts.bar.close()
     # A signal during the final save counts too, except where other processes may not know it.
     if progress.stopped or (stop.raised and jax.process_count() == 1):
-        return _stopped(stop.name, state, progress, workdir, is_main)
+        _stopped(stop.name, progress, workdir, is_main)
     if is_main:
         log.info(
             "Training finished at step %d after %d step(s) in %d call(s) in this run; "
@@ -308,8 +312,9 @@ def _save(manager, state: TrainState, progress: _Progress) -> None:
     progress.last_saved = progress.step
 
 
-def _stopped(name: str | None, state: TrainState, progress: _Progress, workdir, is_main):
-    """Ends a run stopped by a signal: its state was saved; SIGINT goes on as Ctrl-C."""
+def _stopped(name: str | None, progress: _Progress, workdir, is_main) -> None:
+    """Ends a run stopped by a signal, its state saved: raises KeyboardInterrupt for SIGINT
+    (Ctrl-C), TrainingPreempted otherwise."""
     name = name or "stop signal on another process"
     if is_main:
         log.info(
@@ -322,7 +327,8 @@ def _stopped(name: str | None, state: TrainState, progress: _Progress, workdir, 
         )
     if name == "SIGINT":
         raise KeyboardInterrupt(f"SIGINT: saved step {progress.step}")
-    return state
+    where = checkpoints.checkpoint_dir(workdir)
+    raise TrainingPreempted(f"{name}: stopped after saving step {progress.step} in {where}")
 
 
 def _make_evaluate(config, sde, model, mesh, start: int):
