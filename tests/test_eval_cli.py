@@ -288,3 +288,31 @@ def test_saved_batches_of_other_sampling_settings_are_refused(e2e, evaluated, ca
         _eval(e2e, "eval_settings", "--config.sampling.predictor=reverse_diffusion")
     assert failed.value.code == 1
     assert "other settings (sampling changed)" in capsys.readouterr().err
+
+
+def test_sample_draws_only_what_it_needs_on_any_device_count(e2e, tmp_path, monkeypatch):
+    """--num 3 with eval.batch_size 99 on 4 devices: one batch of 4, not 99 (which 4 devices
+    cannot split either); --out x.png keeps the samples in x.npz beside the grid."""
+    from score_jax.evaluation import sample
+
+    sizes = []
+    real = sample.make_batch_sampler
+
+    def recording(config, batch_size, mesh):
+        sizes.append(batch_size)
+        return real(config, batch_size, mesh)
+
+    monkeypatch.setattr(sample, "make_batch_sampler", recording)
+    argv = ["sample", "--config", str(e2e["config"]), "--workdir", str(e2e["root"] / "work")]
+    out = tmp_path / "grid.png"
+    assert cli.main([*argv, "--num", "3", "--out", str(out), "--config.eval.batch_size=99"]) == 0
+    assert sizes == [4]
+    with np.load(tmp_path / "grid.npz") as data:
+        assert data["samples"].shape == (3, 8, 8, 1)
+    from PIL import Image
+
+    assert Image.open(out).format == "PNG"
+    assert sample.sampling_batch_size(e2e["cfg"], 9, 4) == 4  # eval.batch_size 4: 3 rounds
+    with pytest.raises(SystemExit) as refused:
+        cli.main([*argv, "--num", "3", "--out", str(tmp_path / "x.txt")])
+    assert refused.value.code == 1

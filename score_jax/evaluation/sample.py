@@ -89,10 +89,26 @@ def save_grid(images_uint8: np.ndarray, path: str | Path) -> Path:
     return save_samples_png(pictures, path, upscale)
 
 
-def sample_to_file(config, workdir: str | Path, num: int, out: str | Path, step=None) -> Path:
-    """Draws `num` samples from the checkpoint at `step` (default: latest) into `out` (.npz).
+def sample_paths(out: str | Path) -> tuple[Path, Path]:
+    """(.npz path, .png grid path) for `--out`: 'x.npz' or 'x.png' names both x.npz and x.png."""
+    out = Path(out)
+    if out.suffix not in (".npz", ".png"):
+        raise ValueError(f"--out {out}: name an .npz (the samples) or a .png (the grid) file.")
+    return out.with_suffix(".npz"), out.with_suffix(".png")
 
-    `out` holds 'samples' uint8 [num, H, W, C]; a PNG grid is written beside it.
+
+def sampling_batch_size(config, num: int, n_devices: int) -> int:
+    """Per-round batch: eval.batch_size, but no more than `num` needs, rounded up to a multiple
+    of the device count (so any batch size and any number of devices work)."""
+    wanted = min(int(config.eval.batch_size), num)
+    return -(-wanted // n_devices) * n_devices
+
+
+def sample_to_file(config, workdir: str | Path, num: int, out: str | Path, step=None) -> Path:
+    """Draws `num` samples from the checkpoint at `step` (default: latest); returns the .npz.
+
+    The .npz (`sample_paths(out)`) holds 'samples' uint8 [num, H, W, C]; a PNG grid goes beside
+    it. Rounds of `sampling_batch_size` samples are drawn until `num` are there.
     """
     from score_jax.train.checkpoints import restore_for_inference
 
@@ -100,9 +116,10 @@ def sample_to_file(config, workdir: str | Path, num: int, out: str | Path, step=
         raise ValueError(f"--num must be positive, got {num}.")
     if config.data.dataset == "MIXTURE":
         raise ValueError("score-jax sample writes images; config.data.dataset is MIXTURE.")
+    npz_path, png_path = sample_paths(out)
     step, params = restore_for_inference(workdir, config, step)
     mesh = parallel.make_mesh()
-    batch_size = config.eval.batch_size
+    batch_size = sampling_batch_size(config, num, mesh.devices.size)
     sample = make_batch_sampler(config, batch_size, mesh)
     params = place_params(params, mesh)
     key = jax.random.fold_in(jax.random.PRNGKey(config.seed), step)
@@ -112,9 +129,8 @@ def sample_to_file(config, workdir: str | Path, num: int, out: str | Path, step=
         x, _ = sample(params, jax.random.fold_in(key, r))
         batches.append(to_uint8(host_samples(x)))
     images = np.concatenate(batches)[:num]
-    out = Path(out)
     if jax.process_index() == 0:
-        save_npz_atomic(out, samples=images)
-        grid = save_grid(images, out.with_suffix(".png"))
-        logging.info("Wrote %d samples of step %d to %s (grid: %s)", num, step, out, grid)
-    return out
+        save_npz_atomic(npz_path, samples=images)
+        grid = save_grid(images, png_path)
+        logging.info("Wrote %d samples of step %d to %s (grid: %s)", num, step, npz_path, grid)
+    return npz_path
