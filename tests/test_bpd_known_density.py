@@ -108,7 +108,8 @@ def test_likelihood_and_eval_bits_per_dim_equal_hand_computation(setup, monkeypa
 
     argv = ["--config", str(config_path), "--workdir", str(workdir)]
     assert cli.main(["likelihood", *argv, "--split", "test"]) == 0
-    result = json.loads((workdir / "likelihood" / f"test_step{STEP}.json").read_text())
+    (summary,) = (workdir / "likelihood").glob(f"test_step{STEP}_*.json")
+    result = json.loads(summary.read_text())
     assert result["num_values"] == 2 * NUM
     # The ODE with the exact trace at rtol = atol = 1e-5 over D = 4 values: < 1e-3 bits/dim,
     # plus the VP prior mismatch and the t = 1e-5 end time (< 1e-4). The wrong scaler in the

@@ -191,7 +191,8 @@ def evaluated(e2e):
 
     assert _eval(e2e, "eval_once") == 0
     folder = e2e["root"] / "work" / "eval_once"
-    return json.loads((folder / "report_5.json").read_text()), folder / "ckpt_5"
+    report = json.loads((folder / "report_5.json").read_text())
+    return report, folder / f"ckpt_5_{report['result_key']}"
 
 
 def _saved(folder, key, num=6):
@@ -254,14 +255,15 @@ def test_eval_resumes_after_kill_with_the_same_numbers(e2e, evaluated, monkeypat
         _eval(e2e, "eval_killed")
     assert killed.value.code == 130
     resumed_dir = e2e["root"] / "work" / "eval_killed"
-    assert (resumed_dir / "ckpt_5" / "batch_0.npz").is_file()
+    batches = resumed_dir / evaluated[1].name  # same settings and weights: the same key
+    assert (batches / "batch_0.npz").is_file()
     assert not (resumed_dir / "report_5.json").exists()
-    first_batch = (resumed_dir / "ckpt_5" / "batch_0.npz").stat().st_mtime_ns
+    first_batch = (batches / "batch_0.npz").stat().st_mtime_ns
     monkeypatch.setattr(run, "save_npz_atomic", real_save)
     assert _eval(e2e, "eval_killed") == 0
     assert "inception_score" in capsys.readouterr().out  # the summary table
     resumed = json.loads((resumed_dir / "report_5.json").read_text())
-    assert (resumed_dir / "ckpt_5" / "batch_0.npz").stat().st_mtime_ns == first_batch
+    assert (batches / "batch_0.npz").stat().st_mtime_ns == first_batch
     once.pop("fid_stats"), resumed.pop("fid_stats")
     assert resumed == once
 
@@ -316,3 +318,26 @@ def test_sample_draws_only_what_it_needs_on_any_device_count(e2e, tmp_path, monk
     with pytest.raises(SystemExit) as refused:
         cli.main([*argv, "--num", "3", "--out", str(tmp_path / "x.txt")])
     assert refused.value.code == 1
+
+
+def test_saved_reports_are_reused_only_under_the_same_settings_and_weights(e2e, evaluated, caplog):
+    """A changed SDE schedule (same checkpoint) is evaluated afresh, under its own key."""
+    import json
+
+    once, folder = evaluated
+    work = e2e["root"] / "work"
+    calls = []
+    from score_jax.evaluation import run
+
+    real = run._evaluate_checkpoint
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(run, "_evaluate_checkpoint", lambda *a: calls.append(1) or real(*a))
+        assert _eval(e2e, "eval_once") == 0  # unchanged: the saved report
+        assert calls == []
+        assert _eval(e2e, "eval_once", "--config.model.beta_max=5.0",
+                     "--config.eval.enable_sampling=False") == 0  # fmt: skip
+    assert calls == [1] and "evaluating again" in caplog.text
+    changed = json.loads((work / "eval_once" / "report_5.json").read_text())
+    assert changed["result_key"] != once["result_key"]
+    assert changed["bits_per_dim"] != pytest.approx(once["bits_per_dim"], abs=1e-3)
+    assert (work / "eval_once" / f"ckpt_5_{changed['result_key']}" / "bpd.json").is_file()

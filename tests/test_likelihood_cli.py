@@ -134,11 +134,11 @@ def test_cli_likelihood_on_toy_checkpoint(tmp_path, capsys):
     save_inference_checkpoint(tmp_path, 7, init_model(jax.random.PRNGKey(0), config)["params"])
     argv = ["likelihood", "--config", config_file, "--workdir", str(tmp_path)]
     assert main(argv + overrides) == 0
-    summary = tmp_path / "likelihood" / "test_step7.json"
+    (summary,) = (tmp_path / "likelihood").glob("test_step7_*.json")
     result = json.loads(summary.read_text())
     assert result["step"] == 7 and result["num_values"] == 24 * 2  # padded last batch masked
     assert "bits/dim on test at step 7" in capsys.readouterr().out
-    files = sorted((tmp_path / "likelihood" / "test_step7").glob("r*_b*.npz"))
+    files = sorted(summary.with_suffix("").glob("r*_b*.npz"))
     assert len(files) == 4
     values = np.concatenate([np.load(f)["bpd"] for f in files])
     assert np.all(np.isfinite(values)) and result["bpd"] == pytest.approx(values.mean())
@@ -147,3 +147,11 @@ def test_cli_likelihood_on_toy_checkpoint(tmp_path, capsys):
     assert main(argv + overrides) == 0
     assert [f.stat().st_mtime_ns for f in files] == stamps
     assert json.loads(summary.read_text())["bpd"] == result["bpd"]
+    # Another SDE (or schedule) on the same checkpoint is computed afresh, never read from
+    # these files: it used to print the VP run's number.
+    for changed in ("--config.training.sde=subvpsde", "--config.model.beta_max=5.0"):
+        assert main(argv + overrides + [changed]) == 0
+    summaries = sorted((tmp_path / "likelihood").glob("test_step7_*.json"))
+    values = [json.loads(p.read_text())["bpd"] for p in summaries]
+    assert len(summaries) == 3 and len({round(v, 6) for v in values}) == 3, values
+    assert [f.stat().st_mtime_ns for f in files] == stamps

@@ -218,12 +218,12 @@ def bpd_from_config(
     from score_jax.sde import get_sde
 
     mesh = parallel.make_mesh() if mesh is None else mesh
-    batch_size = config.eval.batch_size
-    if batch_size % mesh.devices.size:
-        raise ValueError(
-            f"config.eval.batch_size={batch_size} must be divisible by the number of devices "
-            f"({mesh.devices.size})."
-        )
+    # Any eval.batch_size on any number of devices: the batch is rounded up to a multiple of
+    # the devices, the last one padded and masked. Per-example noise keys keep the result
+    # independent of the batch size, up to the adaptive ODE solver's tolerance.
+    devices = mesh.devices.size
+    batch_size = -(-int(config.eval.batch_size) // devices) * devices
+
     continuous = config.data.dataset == "MIXTURE"  # raw points: no 8-bit grid, no offset
     sde, model = get_sde(config), get_model(config)
 
@@ -270,17 +270,21 @@ def bpd_from_config(
 def run_likelihood(config, workdir: str | Path, split: str, step: int | None = None) -> dict:
     """`score-jax likelihood`: bits/dim of a checkpoint's EMA weights on `split`.
 
-    Per-batch results go to <workdir>/likelihood/<split>_step<k>/ (a restart skips them), the
-    summary to <workdir>/likelihood/<split>_step<k>.json; mean and standard error are printed.
+    Per-batch results go to <workdir>/likelihood/<split>_step<k>_<key>/ (a restart skips them),
+    the summary to the .json of that name; mean and standard error are printed. <key> is
+    `result_key` of the config, step and parameters, so a run with another SDE, model, data or
+    evaluation setting computes its own results instead of reading these.
     """
+    from score_jax.evaluation.result_key import result_key
     from score_jax.train.checkpoints import restore_for_inference
 
     step, params = restore_for_inference(workdir, config, step)
     root = Path(workdir) / "likelihood"
-    result = bpd_from_config(config, params, split, folder=root / f"{split}_step{step}", step=step)
+    name = f"{split}_step{step}_{result_key(config, step, params)}"
+    result = bpd_from_config(config, params, split, folder=root / name, step=step)
     result["step"] = step
     if jax.process_index() == 0:
-        path = root / f"{split}_step{step}.json"
+        path = root / f"{name}.json"
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(json.dumps(result, indent=2, sort_keys=True))
         os.replace(tmp, path)

@@ -3,11 +3,14 @@
 Checkpoint number n (config.eval.begin_ckpt..end_ckpt, as in the official code) is the one at
 step n * training.snapshot_freq; those that exist are evaluated in order. Results go to
 <workdir>/<eval_folder>/:
-  report_<step>.json        the finished results of one checkpoint (its presence = done);
-  ckpt_<step>/loss.json     partial results, kept when the run is interrupted;
-  ckpt_<step>/bpd.json      (per-batch bits/dim in ckpt_<step>/bpd_batches/)
-  ckpt_<step>/batch_<r>.npz sample batch r (uint8) with its pool3 features and logits.
-A restarted eval skips finished checkpoints and saved batches; batch r is always drawn from
+  report_<step>.json            the finished results of one checkpoint;
+  ckpt_<step>_<key>/loss.json   partial results, kept when the run is interrupted;
+  ckpt_<step>_<key>/bpd.json    (per-batch bits/dim in ckpt_<step>_<key>/bpd_batches/)
+  ckpt_<step>_<key>/batch_<r>.npz  sample batch r (uint8) with its pool3 features and logits.
+<key> (result_key.py) digests the config's model, data, eval and SDE settings, the seed, the
+step and the parameters: a report or partial result is reused only under the same key (the
+report records it), anything else is computed afresh. A restarted eval skips finished
+checkpoints and saved batches; batch r is always drawn from
 fold_in(fold_in(PRNGKey(seed), step), r), so an interrupted run ends with the same numbers
 as an uninterrupted one. Metrics are computed by streaming the batch files, so the host holds
 one batch of images at a time.
@@ -186,13 +189,8 @@ def sample_metrics(folder: Path, rounds: int, num: int, data_stats: dict) -> dic
     return result
 
 
-def _evaluate_checkpoint(config, workdir, step: int, eval_dir: Path, mesh, tools) -> dict:
-    from score_jax.evaluation.sample import place_params
-    from score_jax.train.checkpoints import restore_for_inference
-
-    folder = eval_dir / f"ckpt_{step}"
-    _, params = restore_for_inference(workdir, config, step)
-    params = place_params(params, mesh)
+def _evaluate_checkpoint(config, step: int, params, folder: Path, mesh, tools) -> dict:
+    """The report of one checkpoint; partial results are kept in `folder`."""
     report = {"step": step, "ckpt": step // config.training.snapshot_freq}
     if config.eval.enable_loss:
         report.update(_cached(folder / "loss.json", lambda: _eval_loss(config, params, step, mesh)))
@@ -237,6 +235,35 @@ def format_summary(reports: dict[int, dict]) -> str:
     return "\n".join(lines)
 
 
+def _report_of(config, workdir, step: int, eval_dir: Path, mesh, tools) -> dict:
+    """The saved report of this checkpoint if it was made with these settings and weights (the
+    same `result_key`), else a new evaluation, saved."""
+    from score_jax.evaluation.result_key import result_key
+    from score_jax.evaluation.sample import place_params
+    from score_jax.train.checkpoints import restore_for_inference
+
+    _, params = restore_for_inference(workdir, config, step)
+    key = result_key(config, step, params)
+    path = eval_dir / f"report_{step}.json"
+    if path.is_file():
+        saved = json.loads(path.read_text())
+        if saved.get("result_key") == key:
+            log.info("Checkpoint step %d already evaluated: %s", step, path)
+            return saved
+        log.warning(
+            "%s was computed with other settings or weights (key %s, now %s); evaluating again.",
+            path,
+            saved.get("result_key"),
+            key,
+        )
+    folder = eval_dir / f"ckpt_{step}_{key}"
+    report = _evaluate_checkpoint(config, step, place_params(params, mesh), folder, mesh, tools)
+    report["result_key"] = key
+    _write_json(path, report)
+    log.info("Checkpoint step %d: %s", step, json.dumps(report))
+    return report
+
+
 def evaluate(config, workdir: str | Path, eval_folder: str = "eval") -> dict[int, dict]:
     """Evaluates every checkpoint in range; returns {step: report} and prints a summary."""
     eval_dir = Path(workdir) / eval_folder
@@ -245,14 +272,7 @@ def evaluate(config, workdir: str | Path, eval_folder: str = "eval") -> dict[int
     tools = _prepare_sampling_tools(config, mesh) if config.eval.enable_sampling else {}
     reports = {}
     for step in steps:
-        path = eval_dir / f"report_{step}.json"
-        if path.is_file():
-            log.info("Checkpoint step %d already evaluated: %s", step, path)
-            reports[step] = json.loads(path.read_text())
-            continue
-        reports[step] = _evaluate_checkpoint(config, workdir, step, eval_dir, mesh, tools)
-        _write_json(path, reports[step])
-        log.info("Checkpoint step %d: %s", step, json.dumps(reports[step]))
+        reports[step] = _report_of(config, workdir, step, eval_dir, mesh, tools)
     if jax.process_index() == 0:
         print(format_summary(reports))
     return reports

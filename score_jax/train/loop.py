@@ -260,7 +260,10 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> TrainState:
             progress.calls,
             checkpoints.checkpoint_dir(workdir),
         )
-    if t.final_report:
+    if t.final_report and progress.ran == 0 and (workdir / "report.json").is_file():
+        # Nothing trained: the run's report (and its training time) stands as written.
+        log.info("Nothing left to train; the report is %s.", workdir / "report.json")
+    elif t.final_report:
         from score_jax.train.report import final_report
 
         elapsed = time.perf_counter() - started

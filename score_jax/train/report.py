@@ -46,6 +46,7 @@ def final_report(
 ) -> dict:
     """Samples, test bits/dim of `ema_params` and the Gaussian baseline; returns the report."""
     from score_jax.evaluation.bpd import bpd_from_config
+    from score_jax.evaluation.result_key import result_key
 
     workdir = Path(workdir)
     tic = time.perf_counter()
@@ -57,7 +58,8 @@ def final_report(
             )
         except Exception as err:  # noqa: BLE001 -- the bits/dim below still matter
             log.warning("No final samples: %s: %s", type(err).__name__, err)
-    folder = workdir / "likelihood" / f"test_step{step}"
+    # The folder `score-jax likelihood` uses for the same config, step and weights.
+    folder = workdir / "likelihood" / f"test_step{step}_{result_key(config, step, ema_params)}"
     model = bpd_from_config(config, ema_params, "test", folder=folder, step=step)
     baseline = gaussian_baseline_bpd(config)
     report.update(
