@@ -86,7 +86,8 @@ def apply_override(config: ml_collections.ConfigDict, dotted_key: str, value) ->
         value = tuple(value)
     if isinstance(old, tuple) and isinstance(value, int | float):
         value = (value,)
-    if old is not None and type(old) is not type(value):
+    # None is accepted anywhere: it is how a config says "not set" (e.g. eval.begin_ckpt).
+    if old is not None and value is not None and type(old) is not type(value):
         raise ConfigError(
             f"config.{dotted_key} expects {type(old).__name__} (now {old!r}), "
             f"got {type(value).__name__} {value!r}."

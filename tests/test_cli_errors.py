@@ -36,3 +36,28 @@ def test_a_workdir_that_is_a_file_is_refused(tmp_path, capsys):
         argv = [command, "--config", TOY, "--workdir", str(workdir), *extra.get(command, [])]
         code, err = run(capsys, *argv)
         assert code == 1 and f"--workdir {workdir} is a file" in err, (command, err)
+
+
+def test_eval_finds_the_digits_runs_checkpoint_whatever_n_iters(tmp_path, capsys):
+    """The digits default evaluates its latest checkpoint (it looked for numbers 9..26); an
+    official config whose range finds nothing says which steps exist and what works."""
+    import jax
+
+    from score_jax.config import load_config
+    from score_jax.evaluation.run import checkpoints_to_evaluate
+    from score_jax.models import init_model
+    from score_jax.train.checkpoints import save_inference_checkpoint
+
+    digits = str(REPO / "configs/digits/vp_ddpmpp.py")
+    config = load_config(digits, ["training.n_iters=200", "model.nf=8"])
+    params = init_model(jax.random.PRNGKey(0), config)["params"]
+    for step in (100, 200):
+        save_inference_checkpoint(tmp_path, step, params)
+    assert checkpoints_to_evaluate(config, tmp_path) == [200]
+    pinned = load_config(digits, ["training.snapshot_freq=100", "eval.begin_ckpt=1",
+                                  "eval.end_ckpt=1"])  # fmt: skip
+    assert checkpoints_to_evaluate(pinned, tmp_path) == [100]
+    official = str(REPO / "configs/ve/cifar10_ncsnpp_continuous.py")
+    code, err = run(capsys, "eval", "--config", official, "--workdir", str(tmp_path))
+    assert code == 1 and "Its steps are [100, 200], none of them a multiple" in err
+    assert "--config.eval.begin_ckpt=None --config.eval.end_ckpt=None" in err

@@ -18,6 +18,9 @@ def set_digits_run(config, n_iters: int) -> None:
 
     config.eval.batch_size = 96  # splits over 1, 2, 4 or 8 devices; bits/dim pad the last batch
     config.eval.bpd_repeats = 1
+    # `score-jax eval` takes the latest checkpoint, whatever n_iters the run was given.
+    config.eval.begin_ckpt = None
+    config.eval.end_ckpt = None
 
     data = config.data
     data.dataset = "DIGITS"

@@ -1,7 +1,8 @@
 """`score-jax eval`: evaluation loss, bits/dim and FID / IS / KID of a range of checkpoints.
 
 Checkpoint number n (config.eval.begin_ckpt..end_ckpt, as in the official code) is the one at
-step n * training.snapshot_freq; those that exist are evaluated in order. Results go to
+step n * training.snapshot_freq; those that exist are evaluated in order (both None: the latest
+checkpoint, whatever its step). Results go to
 <workdir>/<eval_folder>/:
   report_<step>.json            the finished results of one checkpoint;
   ckpt_<step>_<key>/loss.json   partial results, kept when the run is interrupted;
@@ -57,19 +58,29 @@ def _cached(path: Path, compute) -> dict:
 
 
 def checkpoints_to_evaluate(config, workdir: str | Path) -> list[int]:
-    """Steps of the existing checkpoints numbered begin_ckpt..end_ckpt."""
+    """Steps of the existing checkpoints numbered begin_ckpt..end_ckpt (checkpoint n is step
+    n * training.snapshot_freq); with both None, the latest checkpoint."""
     from score_jax.train.checkpoints import checkpoint_dir, list_steps
 
     freq = config.training.snapshot_freq
     begin, end = config.eval.begin_ckpt, config.eval.end_ckpt
     steps = list_steps(workdir)
+    if not steps:
+        raise FileNotFoundError(f"No checkpoint in {checkpoint_dir(workdir)}.")
+    if begin is None and end is None:
+        return steps[-1:]
+    begin = 1 if begin is None else begin
+    end = max(steps) // freq if end is None else end
     chosen = [s for s in steps if s % freq == 0 and begin <= s // freq <= end]
     if not chosen:
+        numbered = {s: s // freq for s in steps if s % freq == 0}
         raise FileNotFoundError(
-            f"No checkpoint numbered {begin}..{end} (steps n * training.snapshot_freq = n * "
-            f"{freq}) in {checkpoint_dir(workdir)}; its steps are {steps}. Set "
-            "--config.eval.begin_ckpt / end_ckpt."
-        )
+            f"No checkpoint numbered {begin}..{end} in {checkpoint_dir(workdir)} (checkpoint n "
+            f"is step n * training.snapshot_freq = n * {freq}). Its steps are {steps}"
+            + (f", numbered {sorted(set(numbered.values()))}" if numbered else ", none of them a "
+               "multiple of training.snapshot_freq") + ". Evaluate the latest with "
+            "--config.eval.begin_ckpt=None --config.eval.end_ckpt=None."
+        )  # fmt: skip
     return chosen
 
 
