@@ -85,6 +85,8 @@ def get_default_configs() -> ml_collections.ConfigDict:
     evaluate.fid_stats = ""
     # project: converted FID-Inception weights ('' = the default location).
     evaluate.inception_weights = ""
+    # project: accept Inception weights other than pytorch-fid's (tests); results say so.
+    evaluate.allow_unverified_inception = False
 
     config.data = data = ml_collections.ConfigDict()
     data.dataset = "CIFAR10"

@@ -7,17 +7,27 @@ Two modes:
                        tensor drawn from numpy's default_rng(1000 + index) as the json describes.
                        Useful for end-to-end tests; it is NOT the real network.
 
-The .npz holds the pytorch-fid state_dict tensors under their torch keys (OIHW convs).
+The .npz holds the pytorch-fid state_dict tensors under their torch keys (OIHW convs); one made
+--from-pth also records the .pth's sha256 and a digest of the tensors, which score-jax checks
+when it loads the file (a recipe .npz has neither and counts as unverified weights).
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 from pathlib import Path
 
 import numpy as np
+
+from score_jax.evaluation.weights import (
+    NPZ_PTH_SHA256,
+    NPZ_TENSORS_SHA256,
+    WEIGHTS_SHA256_PREFIX,
+    file_sha256,
+    load_state_dict,
+    tensors_sha256,
+)
 
 
 def _recipe_tensor(key: str, shape: tuple[int, ...], seed: int) -> np.ndarray:
@@ -48,14 +58,6 @@ def recipe_state_dict(spec: dict) -> dict[str, np.ndarray]:
     return state_dict
 
 
-def state_dict_sha256(state_dict: dict[str, np.ndarray]) -> str:
-    """sha256 of all tensors' little-endian float32 bytes, concatenated in order."""
-    digest = hashlib.sha256()
-    for value in state_dict.values():
-        digest.update(np.ascontiguousarray(value, dtype="<f4").tobytes())
-    return digest.hexdigest()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     source = parser.add_mutually_exclusive_group(required=True)
@@ -67,13 +69,20 @@ def main() -> None:
         spec = json.loads(Path(args.recipe).read_text())
         state_dict = recipe_state_dict(spec)
         expected = spec["weight_recipe"]["sha256_of_concatenated_float32_tensors"]
-        if state_dict_sha256(state_dict) != expected:
+        if tensors_sha256(state_dict) != expected:
             raise SystemExit("Regenerated weights do not match the recipe's sha256.")
+        provenance = {}
     else:
-        from score_jax.evaluation.weights import load_state_dict
-
+        pth_sha256 = file_sha256(args.from_pth)
+        if not pth_sha256.startswith(WEIGHTS_SHA256_PREFIX):
+            raise SystemExit(
+                f"{args.from_pth}: sha256 {pth_sha256[:16]}... is not pytorch-fid's "
+                f"pt_inception-2015-12-05 (expected {WEIGHTS_SHA256_PREFIX}...)."
+            )
         state_dict = load_state_dict(args.from_pth)
-    np.savez(args.out, **state_dict)
+        # Recorded so that loading the .npz can check it came from the verified .pth.
+        provenance = {NPZ_PTH_SHA256: pth_sha256, NPZ_TENSORS_SHA256: tensors_sha256(state_dict)}
+    np.savez(args.out, **state_dict, **provenance)
     print(f"wrote {len(state_dict)} tensors to {args.out}")
 
 

@@ -119,6 +119,7 @@ def get_config():
     c.eval.enable_bpd = True
     c.eval.bpd_repeats = 1
     c.eval.inception_weights = {weights!r}
+    c.eval.allow_unverified_inception = True  # the fixture's synthetic weights
     return c
 """
 
@@ -208,6 +209,7 @@ def test_eval_reports_metrics_of_its_saved_samples(e2e, evaluated, capsys):
 
     once, folder = evaluated
     assert once["num_samples"] == 6 and once["ckpt"] == 1 and once["bpd_dataset"] == "test"
+    assert once["inception_weights_verified"] is False  # synthetic weights, allowed, recorded
     assert np.isfinite(once["eval_loss"]) and once["bits_per_dim"] > 0
     # The saved features are the Inception outputs of the saved samples: pool3 [.., 2048] and
     # the 1008 logits, not one in place of the other.

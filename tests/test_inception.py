@@ -60,7 +60,7 @@ def test_recipe_weights_regenerate_exactly(spec, recipe):
             entries[key]["check_sum_f64_of_f32"], rel=1e-12, abs=1e-9
         ), key
     expected = spec["weight_recipe"]["sha256_of_concatenated_float32_tensors"]
-    assert make_weights.state_dict_sha256(recipe) == expected
+    assert make_weights.tensors_sha256(recipe) == expected
 
 
 def test_state_dict_keys_in_pytorch_fid_order(spec):
@@ -128,6 +128,33 @@ def test_pth_and_npz_weight_files_load_alike(recipe, variables, tmp_path, monkey
     np.savez(tmp_path / "converted.npz", **recipe)
     for name in (weights.WEIGHTS_FILENAME, "converted.npz"):
         monkeypatch.setenv(weights.ENV_WEIGHTS, str(tmp_path / name))
-        loaded = weights.load_inception_variables(download=False)
+        loaded = weights.load_inception_variables(download=False, allow_unverified=True)
         for a, b in zip(jax.tree.leaves(loaded), jax.tree.leaves(variables), strict=True):
             np.testing.assert_array_equal(a, b)
+
+
+def test_weights_are_identified_and_unverified_ones_refused(recipe, tmp_path, monkeypatch):
+    """A .pth is pytorch-fid's by its sha256 prefix, an .npz by the converter's provenance;
+    anything else is refused unless explicitly allowed."""
+    from score_jax.evaluation import weights
+
+    pth = tmp_path / weights.WEIGHTS_FILENAME  # the right name, but synthetic tensors
+    torch.save({k: torch.from_numpy(v) for k, v in recipe.items()}, pth)
+    monkeypatch.setenv(weights.ENV_WEIGHTS, str(pth))
+    with pytest.raises(ValueError, match="is not pytorch-fid's"):
+        weights.load_inception_variables(download=False)
+    _, verified = weights.load_inception(download=False, allow_unverified=True)
+    assert not verified
+    # The check itself: the same file passes once its real digest is the expected one.
+    monkeypatch.setattr(weights, "WEIGHTS_SHA256_PREFIX", weights.file_sha256(pth)[:8])
+    assert weights.load_inception(download=False)[1]
+    # An .npz carries the source's sha256 and a digest of its own tensors.
+    sha = weights.file_sha256(pth)
+    good = {weights.NPZ_PTH_SHA256: sha, weights.NPZ_TENSORS_SHA256: weights.tensors_sha256(recipe)}
+    np.savez(tmp_path / "good.npz", **recipe, **good)
+    tampered = dict(recipe, **{"fc.bias": recipe["fc.bias"] + 1})
+    np.savez(tmp_path / "tampered.npz", **tampered, **good)
+    np.savez(tmp_path / "bare.npz", **recipe)
+    for name, expected in (("good.npz", True), ("tampered.npz", False), ("bare.npz", False)):
+        path = tmp_path / name
+        assert weights.weights_verified(path, weights.load_state_dict(path)) is expected, name

@@ -216,20 +216,27 @@ def _evaluate_checkpoint(config, step: int, params, folder: Path, mesh, tools) -
         rounds = _sample_batches(config, params, step, folder, mesh, tools["extractor"])
         report.update(sample_metrics(folder, rounds, config.eval.num_samples, tools["stats"]))
         report["fid_stats"] = str(tools["stats_path"])
+        report["inception_weights_verified"] = tools["weights_verified"]
     return report
 
 
 def _prepare_sampling_tools(config, mesh) -> dict[str, Any]:
     """Inception and reference statistics, loaded before any sampling so bad paths fail fast."""
     from score_jax.evaluation.features import FeatureExtractor
-    from score_jax.evaluation.weights import load_inception_variables
+    from score_jax.evaluation.weights import load_inception
 
     if config.data.dataset == "MIXTURE":
         raise ValueError("FID/IS/KID need images; set --config.eval.enable_sampling=False.")
     stats_path = default_stats_path(config)
     data_stats = load_stats(stats_path)
-    extractor = FeatureExtractor(load_inception_variables(config), config.eval.batch_size, mesh)
-    return {"extractor": extractor, "stats": data_stats, "stats_path": stats_path}
+    variables, verified = load_inception(config)
+    extractor = FeatureExtractor(variables, config.eval.batch_size, mesh)
+    return {
+        "extractor": extractor,
+        "stats": data_stats,
+        "stats_path": stats_path,
+        "weights_verified": verified,
+    }
 
 
 def format_summary(reports: dict[int, dict]) -> str:
@@ -286,4 +293,6 @@ def evaluate(config, workdir: str | Path, eval_folder: str = "eval") -> dict[int
         reports[step] = _report_of(config, workdir, step, eval_dir, mesh, tools)
     if jax.process_index() == 0:
         print(format_summary(reports))
+        if any(r.get("inception_weights_verified") is False for r in reports.values()):
+            print("WARNING: FID / IS / KID above come from UNVERIFIED Inception weights.")
     return reports
