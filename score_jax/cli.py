@@ -20,10 +20,28 @@ from score_jax.hugepages import reexec_with_hugepages
 _DESCRIPTION = "Score-based generative modelling through SDEs, in JAX."
 
 
+# Kept here as text so that --help needs no JAX import; tests/test_cli_errors.py holds it equal
+# to score_jax.sampling.get_sampler.METHODS.
+SAMPLING_METHODS = ("pc", "ode", "sde", "dpm_solver++", "dpm_solver", "heun")
+_OVERRIDES_HELP = (
+    "Any config value can be overridden with --config.section.key=VALUE, e.g. "
+    "--config.training.batch_size=64 or --config.model.kernels=xla; an unknown key or a value "
+    "of the wrong type is refused. Samplers: --config.sampling.method="
+    + "|".join(SAMPLING_METHODS)
+    + " (with sampling.steps, sampling.predictor / corrector for pc)."
+)
+# Libraries that log every file and probe at INFO (Orbax through absl; JAX's backend search).
+_CHATTY_LOGGERS = ("absl", "jax._src.xla_bridge", "jax._src.distributed", "orbax")
+
+
 def _add_common(parser: argparse.ArgumentParser, workdir: bool = True) -> None:
+    parser.epilog = _OVERRIDES_HELP
     parser.add_argument("--config", required=True, help="ml_collections config file (.py)")
     if workdir:
         parser.add_argument("--workdir", required=True, help="run directory (checkpoints, logs)")
+    parser.add_argument(
+        "--verbose", action="store_true", help="also show the libraries' INFO logs (Orbax, JAX)"
+    )
     group = parser.add_argument_group("multi-host (or set them in the environment)")
     group.add_argument("--coordinator_address", default=os.environ.get("SCORE_JAX_COORDINATOR"))
     group.add_argument("--num_processes", type=int, default=_env_int("SCORE_JAX_NUM_PROCESSES"))
@@ -39,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="score-jax",
         description=_DESCRIPTION,
-        epilog="Override any config value with --config.section.key=VALUE.",
+        epilog=_OVERRIDES_HELP,
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
@@ -166,6 +184,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     overrides = [a for a in argv if a.startswith("--config.")]
     args = parser.parse_args([a for a in argv if not a.startswith("--config.")])
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    if not args.verbose:
+        for name in _CHATTY_LOGGERS:
+            logging.getLogger(name).setLevel(logging.WARNING)
     try:
         config = load_config(args.config, overrides)
     except ConfigError as err:

@@ -61,3 +61,31 @@ def test_eval_finds_the_digits_runs_checkpoint_whatever_n_iters(tmp_path, capsys
     code, err = run(capsys, "eval", "--config", official, "--workdir", str(tmp_path))
     assert code == 1 and "Its steps are [100, 200], none of them a multiple" in err
     assert "--config.eval.begin_ckpt=None --config.eval.end_ckpt=None" in err
+
+
+def test_help_names_overrides_and_every_sampler(capsys):
+    from score_jax.sampling.get_sampler import METHODS
+
+    assert cli.SAMPLING_METHODS == METHODS
+    with pytest.raises(SystemExit):
+        cli.main(["sample", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--config.section.key=VALUE" in text and "|".join(METHODS) in text
+
+
+def test_library_info_logs_only_with_verbose(tmp_path, capsys):
+    """Orbax's per-file INFO lines and JAX's backend probing stay out of a normal run."""
+    import logging
+
+    argv = ["likelihood", "--config", TOY, "--workdir", str(tmp_path)]
+    loggers = [logging.getLogger(name) for name in cli._CHATTY_LOGGERS]
+    assert "absl" in cli._CHATTY_LOGGERS and "jax._src.xla_bridge" in cli._CHATTY_LOGGERS
+    try:
+        for verbose, level in ((False, logging.WARNING), (True, logging.NOTSET)):
+            for logger in loggers:
+                logger.setLevel(logging.NOTSET)
+            run(capsys, *argv, *(["--verbose"] if verbose else []))  # no checkpoint: exits 1
+            assert [logger.level for logger in loggers] == [level] * len(loggers)
+    finally:
+        for logger in loggers:
+            logger.setLevel(logging.NOTSET)
