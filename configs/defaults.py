@@ -35,6 +35,9 @@ def get_default_configs() -> ml_collections.ConfigDict:
     training.keep_checkpoints = 2
     # project: after the last step, write a sample grid, the test bits/dim and a Gaussian baseline.
     training.final_report = False
+    # project: resume from the newest readable checkpoint when the latest cannot be read (the
+    # unreadable ones are moved to <workdir>/checkpoints_unreadable/); off: such a run stops.
+    training.restore_fallback = False
 
     config.sampling = sampling = ml_collections.ConfigDict()
     sampling.method = "pc"

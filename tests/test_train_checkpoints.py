@@ -88,3 +88,58 @@ def test_parameters_only_checkpoint_cannot_resume(tmp_path):
         checkpoints.restore_state(
             manager, state, jax.sharding.SingleDeviceSharding(jax.devices()[0])
         )
+
+
+def _three_checkpoints(workdir):
+    """Steps 2, 4, 6 of distinct states (the step field tells them apart)."""
+    manager = checkpoints.make_manager(workdir, keep=5)
+    for step in (2, 4, 6):
+        checkpoints.save_state(manager, make_state(16).replace(step=np.int32(step)))
+    manager.wait_until_finished()
+    return manager
+
+
+def _truncate(folder):
+    for path in folder.rglob("*"):
+        if path.is_file():
+            path.write_bytes(path.read_bytes()[:10])
+
+
+def test_unreadable_latest_checkpoint_is_named_and_fallback_is_explicit(tmp_path):
+    single = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    manager = _three_checkpoints(tmp_path)
+    _truncate(tmp_path / "checkpoints" / "6" / "params")
+    with pytest.raises(checkpoints.CheckpointError) as err:
+        checkpoints.restore_state(manager, make_state(16), single)
+    message = str(err.value)
+    assert "\n" not in message and "Checkpoint step 6" in message and "[2, 4]" in message
+    assert "restore_fallback=True" in message
+    assert checkpoints.list_steps(tmp_path) == [2, 4, 6]  # nothing moved without being told
+    restored = checkpoints.restore_state(manager, make_state(16), single, fallback=True)
+    assert int(restored.step) == 4
+    manager.close()
+    assert checkpoints.list_steps(tmp_path) == [2, 4]
+    (moved,) = (tmp_path / checkpoints.UNREADABLE).iterdir()
+    assert moved.name.startswith("6.") and (moved / "params").is_dir()  # kept, not deleted
+
+
+def test_incomplete_checkpoint_is_not_mistaken_for_converted_weights(tmp_path):
+    import shutil
+
+    manager = _three_checkpoints(tmp_path)
+    shutil.rmtree(tmp_path / "checkpoints" / "6" / "opt_state")
+    manager.reload()
+    with pytest.raises(checkpoints.CheckpointError, match="incomplete: opt_state missing"):
+        checkpoints.restore_state(
+            manager, make_state(16), jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        )
+    manager.close()
+
+
+def test_inference_from_an_unreadable_checkpoint_names_the_older_ones(tmp_path):
+    _three_checkpoints(tmp_path).close()
+    _truncate(tmp_path / "checkpoints" / "6" / "ema_params")
+    config = load_config(CONFIG, ["model.nf=16"])
+    with pytest.raises(checkpoints.CheckpointError, match=r"step 6 .* Older checkpoints: \[2, 4\]"):
+        checkpoints.restore_for_inference(tmp_path, config)
+    assert checkpoints.restore_for_inference(tmp_path, config, step=4)[0] == 4

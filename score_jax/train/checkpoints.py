@@ -9,6 +9,8 @@ kept, plus every one whose step is a multiple of `training.snapshot_freq`.
 
 from __future__ import annotations
 
+import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +93,10 @@ def _path_name(path: tuple) -> str:
     return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
 
 
+class CheckpointMismatchError(ValueError):
+    """A readable checkpoint that does not fit: another model's, or parameters only."""
+
+
 def check_shapes(
     manager: ocp.CheckpointManager, step: int, item: str, target: Any, what: str
 ) -> None:
@@ -114,7 +120,7 @@ def check_shapes(
         shown = "; ".join(problems[:8]) + (
             f"; ... ({len(problems)} in all)" if len(problems) > 8 else ""
         )
-        raise ValueError(
+        raise CheckpointMismatchError(
             f"The checkpoint at step {step} in {manager.directory} does not match {what} "
             f"({len(problems)} parameter(s) differ): {shown}. Use a fresh --workdir or the config "
             "the checkpoint was trained with."
@@ -134,22 +140,51 @@ def _restore_item(manager, step: int, item: str, target: Any, sharding: Sharding
     return jax.tree.unflatten(jax.tree.structure(target), jax.tree.leaves(restored))
 
 
-def restore_state(
-    manager: ocp.CheckpointManager, target: TrainState, sharding: Sharding, step: int | None = None
-) -> TrainState | None:
-    """The state saved at `step` (default: latest) laid out like `target`, or None if none."""
-    step = manager.latest_step() if step is None else step
-    if step is None:
-        return None
-    check_shapes(manager, step, "params", target.params, "the config's model")
-    if (
-        "opt_state" not in manager.item_metadata(step)
-        or manager.item_metadata(step)["opt_state"] is None
-    ):
-        raise ValueError(
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read (corrupt or incomplete); the message says which one,
+    what is wrong, and which older checkpoints are intact."""
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0][:200] if text else ''}"
+
+
+def unreadable_message(directory, step: int, problem: str, older: list[int]) -> str:
+    """One paragraph for a user: the broken checkpoint, the problem, what is left to resume."""
+    if older:
+        remedy = (
+            f"The older checkpoint(s) {older} are untouched: rerun with "
+            "--config.training.restore_fallback=True to resume from the newest readable one (the "
+            f"unreadable ones are then moved to {Path(directory).parent / UNREADABLE}/, not "
+            "deleted)."
+        )
+    else:
+        remedy = "There is no older checkpoint to resume from."
+    return f"Checkpoint step {step} in {directory} cannot be read ({problem}). {remedy}"
+
+
+def _check_resumable(manager: ocp.CheckpointManager, step: int) -> None:
+    """Refuses a parameters-only checkpoint, and names a training checkpoint's missing items."""
+    metadata = manager.item_metadata(step)
+    present = [item for item in ITEMS if item in metadata and metadata[item] is not None]
+    if present == ["params", "ema_params"]:
+        raise CheckpointMismatchError(
             f"The checkpoint at step {step} in {manager.directory} holds parameters only "
             "(e.g. converted weights) and cannot resume training; use a fresh --workdir."
         )
+    missing = [item for item in ITEMS if item not in present]
+    if missing:
+        raise _Unreadable(f"incomplete: {', '.join(missing)} missing")
+
+
+class _Unreadable(Exception):
+    """Internal: a checkpoint's files are missing or damaged."""
+
+
+def _restore_training_state(manager, step: int, target: TrainState, sharding) -> TrainState:
+    check_shapes(manager, step, "params", target.params, "the config's model")
+    _check_resumable(manager, step)
     extra = _restore_item(
         manager, step, "extra", {"step": target.step, "rng": target.rng}, sharding
     )
@@ -160,6 +195,66 @@ def restore_state(
         opt_state=_restore_item(manager, step, "opt_state", target.opt_state, sharding),
         rng=extra["rng"],
     )
+
+
+def _try_restore(manager, step: int, target: TrainState, sharding) -> TrainState | str:
+    """The state at `step`, or a description of why its files cannot be read. A checkpoint of
+    another model or a parameters-only one raises instead: those are not damage."""
+    try:
+        return _restore_training_state(manager, step, target, sharding)
+    except CheckpointMismatchError:
+        raise
+    except _Unreadable as err:
+        return str(err)
+    except Exception as err:  # noqa: BLE001 -- Orbax and tensorstore raise many kinds
+        return _first_line(err)
+
+
+def restore_state(
+    manager: ocp.CheckpointManager,
+    target: TrainState,
+    sharding: Sharding,
+    step: int | None = None,
+    fallback: bool = False,
+) -> TrainState | None:
+    """The state saved at `step` (default: latest) laid out like `target`, or None if none.
+
+    An unreadable checkpoint raises CheckpointError; with `fallback` (and no explicit step) the
+    newest readable older one is used instead and the unreadable ones are moved out of the way
+    (`set_aside`), so that training can save those steps again."""
+    steps = sorted(manager.all_steps(), reverse=True) if step is None else [step]
+    for i, candidate in enumerate(steps):
+        result = _try_restore(manager, candidate, target, sharding)
+        if isinstance(result, TrainState):
+            if i:
+                set_aside(manager, steps[:i])
+            return result
+        older = sorted(steps[i + 1 :])
+        if not (fallback and older):
+            raise CheckpointError(unreadable_message(manager.directory, candidate, result, older))
+        logging.warning("Checkpoint step %d cannot be read (%s); trying older.", candidate, result)
+    return None
+
+
+UNREADABLE = "checkpoints_unreadable"
+
+
+def set_aside(manager: ocp.CheckpointManager, steps: list[int]) -> None:
+    """Moves the folders of `steps` to <workdir>/checkpoints_unreadable/ (process 0; every
+    process waits) and makes the manager forget them."""
+    directory = Path(manager.directory)
+    if jax.process_index() == 0:
+        target = directory.parent / UNREADABLE
+        target.mkdir(exist_ok=True)
+        for step in steps:
+            destination = target / f"{step}.{time.strftime('%Y%m%d-%H%M%S')}"
+            (directory / str(step)).rename(destination)
+            logging.warning("Moved unreadable checkpoint step %d to %s.", step, destination)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("score_jax_set_aside_checkpoints")
+    manager.reload()
 
 
 def _inference_sharding() -> Sharding:
@@ -187,9 +282,18 @@ def restore_for_inference(
         )
     target = jax.eval_shape(lambda: init_model(jax.random.PRNGKey(0), config))["params"]
     with make_manager(workdir, read_only=True) as manager:
-        check_shapes(manager, step, "ema_params", target, "the config's model")
-        ema = _restore_item(manager, step, "ema_params", target, _inference_sharding())
-    return step, ema
+        try:
+            check_shapes(manager, step, "ema_params", target, "the config's model")
+            return step, _restore_item(manager, step, "ema_params", target, _inference_sharding())
+        except CheckpointMismatchError:
+            raise
+        except Exception as err:  # noqa: BLE001 -- Orbax and tensorstore raise many kinds
+            problem, directory = _first_line(err), manager.directory
+    older = [s for s in steps if s < step]
+    where = f" Older checkpoints: {older} (choose one with --step)." if older else ""
+    raise CheckpointError(
+        f"Checkpoint step {step} in {directory} cannot be read ({problem}).{where}"
+    )
 
 
 def as_numpy(tree: Any) -> Any:

@@ -160,7 +160,14 @@ def _first_bad(losses: np.ndarray, norms: np.ndarray) -> int | None:
 def _restore_or_init(config, mesh, optimizer, manager, workdir: Path) -> tuple[TrainState, bool]:
     """(state, resumed): the latest checkpoint's state, or the seed's initial state."""
     state = _initial_state(config, mesh, optimizer)
-    restored = checkpoints.restore_state(manager, state, parallel.replicated(mesh))
+    fallback = bool(config.training.get("restore_fallback", False))
+    try:
+        restored = checkpoints.restore_state(
+            manager, state, parallel.replicated(mesh), fallback=fallback
+        )
+    except Exception:
+        manager.close()  # its background threads would otherwise report on exit
+        raise
     if restored is None:
         return state, False
     return restored, True
