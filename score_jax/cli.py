@@ -13,6 +13,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from score_jax import run_record
 from score_jax.config import ConfigError, load_config
 from score_jax.errors import EXIT_PREEMPTED, TrainingPreempted
 from score_jax.hugepages import reexec_with_hugepages
@@ -140,6 +141,8 @@ def _run(args: argparse.Namespace, config) -> None:
     workdir = getattr(args, "workdir", None)
     if workdir is not None and os.path.exists(workdir) and not os.path.isdir(workdir):
         raise ValueError(f"--workdir {workdir} is a file; give a folder (it is created if absent).")
+    if workdir is not None and args.command not in ("train", "convert", "train-classifier"):
+        run_record.warn_if_different(workdir, config)
     if args.command == "train":
         from score_jax.train.loop import train
 
@@ -169,6 +172,7 @@ def _run(args: argparse.Namespace, config) -> None:
         from score_jax.models.convert import convert_checkpoint
 
         convert_checkpoint(config, args.checkpoint, args.workdir)
+        run_record.record_config(args.workdir, config)
     elif args.command in ("train-classifier", "inpaint", "colorize", "cond-sample"):
         from score_jax.controllable_cli import run_command
 

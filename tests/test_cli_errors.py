@@ -89,3 +89,26 @@ def test_library_info_logs_only_with_verbose(tmp_path, capsys):
     finally:
         for logger in loggers:
             logger.setLevel(logging.NOTSET)
+
+
+def test_workdir_records_its_config_and_later_commands_are_warned(tmp_path, caplog):
+    """train records the resolved config; likelihood with another SDE schedule on that workdir
+    names the keys that differ (and still runs: the user may mean it)."""
+    import json
+    import logging
+
+    small = [f"--config.{kv}" for kv in (
+        "model.nf=16", "training.n_iters=2", "training.batch_size=16",
+        "training.n_jitted_steps=2", "training.snapshot_freq=2", "training.log_freq=2",
+        "training.eval_freq=2", "training.snapshot_freq_for_preemption=2",
+        "eval.batch_size=16", "data.mixture.num_test=16",
+    )]  # fmt: skip
+    argv = ["--config", TOY, "--workdir", str(tmp_path), *small]
+    assert cli.main(["train", *argv, "--config.training.snapshot_sampling=False"]) == 0
+    recorded = json.loads((tmp_path / "config.json").read_text())
+    assert recorded["model"]["nf"] == 16 and recorded["training"]["sde"] == "vpsde"
+    with caplog.at_level(logging.WARNING):
+        assert cli.main(["likelihood", *argv]) == 0
+        assert "differs from the one that trained" not in caplog.text
+        assert cli.main(["likelihood", *argv, "--config.model.beta_max=5.0"]) == 0
+    assert "model.beta_max: 20.0 -> 5.0" in caplog.text

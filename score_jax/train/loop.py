@@ -30,7 +30,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from score_jax import parallel
+from score_jax import parallel, run_record
 from score_jax.errors import TrainingPreempted
 from score_jax.sde import get_sde
 from score_jax.train import checkpoints
@@ -233,6 +233,9 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> TrainState:
     start = int(jax.device_get(state.step.addressable_data(0)))
     if is_main:
         _log_start(workdir, start, resumed, mesh, t.n_iters)
+        run_record.warn_if_different(workdir, config)
+        if not resumed:  # a resumed run keeps the record of the run that made the workdir
+            run_record.record_config(workdir, config)
     parts = _Parts(
         mesh=mesh,
         manager=manager,
