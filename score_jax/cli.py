@@ -47,6 +47,19 @@ def _add_common(parser: argparse.ArgumentParser, workdir: bool = True) -> None:
     group.add_argument("--coordinator_address", default=os.environ.get("SCORE_JAX_COORDINATOR"))
     group.add_argument("--num_processes", type=int, default=_env_int("SCORE_JAX_NUM_PROCESSES"))
     group.add_argument("--process_id", type=int, default=_env_int("SCORE_JAX_PROCESS_ID"))
+    group.add_argument(
+        "--init_timeout",
+        type=int,
+        default=_env_int("SCORE_JAX_INIT_TIMEOUT") or 120,
+        help="seconds to wait for every process to join (default 120)",
+    )
+    group.add_argument(
+        "--heartbeat_timeout",
+        type=int,
+        default=_env_int("SCORE_JAX_HEARTBEAT_TIMEOUT") or 60,
+        help="seconds without a heartbeat before a process counts as dead and the run stops "
+        "(default 60)",
+    )
 
 
 def _env_int(name: str) -> int | None:
@@ -130,11 +143,32 @@ def _initialize_distributed(args: argparse.Namespace) -> None:
         return
     import jax
 
-    jax.distributed.initialize(
-        coordinator_address=args.coordinator_address,
-        num_processes=args.num_processes,
-        process_id=args.process_id,
+    # If a process never joins, JAX's coordination service aborts this one with a C++ check
+    # failure after the timeout (no Python exception to catch): say first what is waited for.
+    print(
+        f"score-jax: process {args.process_id} of {args.num_processes} joining the run at "
+        f"{args.coordinator_address}; every process must join within --init_timeout="
+        f"{args.init_timeout} s, and one silent for --heartbeat_timeout={args.heartbeat_timeout} "
+        "s stops the run.",
+        file=sys.stderr,
+        flush=True,
     )
+    try:
+        jax.distributed.initialize(
+            coordinator_address=args.coordinator_address,
+            num_processes=args.num_processes,
+            process_id=args.process_id,
+            initialization_timeout=args.init_timeout,
+            heartbeat_timeout_seconds=args.heartbeat_timeout,
+        )
+    except Exception as err:  # noqa: BLE001 -- the coordination service raises XlaRuntimeError
+        first = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
+        raise ValueError(
+            f"Process {args.process_id} of {args.num_processes} could not join the run at "
+            f"{args.coordinator_address} within --init_timeout={args.init_timeout} s ({first}). "
+            "Start every process with the same --coordinator_address and --num_processes and "
+            "a distinct --process_id."
+        ) from None
 
 
 def _run(args: argparse.Namespace, config) -> None:
@@ -195,8 +229,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = load_config(args.config, overrides)
     except ConfigError as err:
         parser.exit(2, f"score-jax {args.command}: error: {err}\n")
-    _initialize_distributed(args)
     try:
+        _initialize_distributed(args)
         _run(args, config)
     except (FileNotFoundError, ValueError) as err:
         # Errors we raise for bad input carry a message meant for the user; no traceback.

@@ -119,3 +119,55 @@ def test_two_processes_match_one_process(tmp_path, compilation_cache):
     # missing pmean moves most entries by ~1e-3.
     for i, leaf in enumerate(single):
         np.testing.assert_allclose(params[0][f"arr_{i}"], leaf, rtol=1e-5, atol=5e-5)
+
+
+def _start(pid: int, port: int, workdir, compilation_cache, *extra) -> subprocess.Popen:
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", **cache_env(compilation_cache),
+           "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}  # fmt: skip
+    cmd = [sys.executable, "-m", "score_jax", "train", "--config", CONFIG,
+           "--workdir", str(workdir), "--coordinator_address", f"127.0.0.1:{port}",
+           "--num_processes", "2", "--process_id", str(pid), *extra,
+           *[f"--config.{o}" for o in TINY]]  # fmt: skip
+    return subprocess.Popen(
+        cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+
+
+def test_a_missing_process_is_reported_within_the_init_timeout(tmp_path, compilation_cache):
+    """Process 1 never starts: process 0 stops after --init_timeout (JAX's default: 5 min)."""
+    import time
+
+    tic = time.monotonic()
+    proc = _start(0, free_port(), tmp_path, compilation_cache, "--init_timeout", "5")
+    try:
+        out = proc.communicate(timeout=120)[0]
+    finally:
+        proc.kill()
+    assert proc.returncode != 0, out[-3000:]
+    assert "process 0 of 2 joining the run" in out and "--init_timeout=5 s" in out
+    assert time.monotonic() - tic < 60
+
+
+def test_a_dead_peer_stops_the_survivor_within_the_heartbeat_timeout(tmp_path, compilation_cache):
+    """kill -9 of process 1 mid-run: process 0 exits (non-zero) soon after --heartbeat_timeout."""
+    import time
+
+    port, workdir = free_port(), tmp_path / "dead_peer"
+    long_run = ["--config.training.n_iters=100000", "--heartbeat_timeout", "5"]
+    procs = [_start(pid, port, workdir, compilation_cache, *long_run) for pid in range(2)]
+    try:
+        deadline = time.monotonic() + 180
+        metrics = workdir / "metrics.jsonl"
+        while not (metrics.is_file() and metrics.read_text().strip()):
+            assert time.monotonic() < deadline and procs[0].poll() is None, "never trained"
+            time.sleep(0.5)
+        procs[1].kill()
+        killed = time.monotonic()
+        out = procs[0].communicate(timeout=120)[0]
+        waited = time.monotonic() - killed
+    finally:
+        for proc in procs:
+            proc.kill()
+    assert procs[0].returncode != 0, out[-3000:]
+    # Measured 4.7 s; with --heartbeat_timeout 50 the survivor waited ~40 s (JAX default: 100).
+    assert waited < 20, (waited, out[-3000:])
