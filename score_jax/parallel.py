@@ -44,6 +44,31 @@ def local_batch_size(global_batch_size: int, mesh: Mesh) -> int:
     return global_batch_size // n_hosts
 
 
+def padded_batch_size(batch_size: int, mesh: Mesh, what: str = "training.batch_size") -> int:
+    """The global batch the devices run: `batch_size` rounded up to a multiple of the devices
+    in a single-process run (the extra rows are padding, weighted 0); several processes must
+    split it evenly (each host reads its own rows, so padding would not sit at the end)."""
+    n_devices, n_hosts = mesh.devices.size, jax.process_count()
+    if n_hosts == 1:
+        return -(-batch_size // n_devices) * n_devices
+    if batch_size % n_devices:
+        raise ValueError(
+            f"config.{what}={batch_size} must be divisible by the number of devices "
+            f"({n_devices}) in a run of {n_hosts} processes."
+        )
+    return batch_size
+
+
+def pad_rows(batch: np.ndarray, rows: int, axis: int = 0) -> np.ndarray:
+    """`batch` with zero rows appended along `axis` up to `rows`."""
+    missing = rows - batch.shape[axis]
+    if missing <= 0:
+        return batch
+    widths = [(0, 0)] * batch.ndim
+    widths[axis] = (0, missing)
+    return np.pad(batch, widths)
+
+
 def host_batch_to_global(batch: Any, mesh: Mesh, batch_axis: int = 0) -> Any:
     """Host-local numpy pytree [..., B_local, ...] -> global jax.Arrays [..., B_global, ...].
 
@@ -59,6 +84,17 @@ def host_batch_to_global(batch: Any, mesh: Mesh, batch_axis: int = 0) -> Any:
         return jax.make_array_from_process_local_data(sharding, x, tuple(shape))
 
     return jax.tree.map(to_global, batch)
+
+
+def padded_batch_to_global(batch: Any, mesh: Mesh, batch_size: int, batch_axis: int = 0) -> Any:
+    """host_batch_to_global of `batch` zero-padded to padded_batch_size(batch_size) rows (in a
+    single process; several processes split `batch_size` evenly and never pad)."""
+    rows = padded_batch_size(batch_size, mesh)
+    if jax.process_count() > 1:
+        return host_batch_to_global(batch, mesh, batch_axis)
+    return host_batch_to_global(
+        jax.tree.map(lambda x: pad_rows(np.asarray(x), rows, batch_axis), batch), mesh, batch_axis
+    )
 
 
 def replicate(tree: Any, mesh: Mesh) -> Any:

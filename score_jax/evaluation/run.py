@@ -101,7 +101,7 @@ def _eval_loss(config, params, step: int, mesh) -> dict:
     bar = tqdm(dataset, desc=f"loss {step}", unit="batch", leave=False,
                disable=jax.process_index() > 0)  # fmt: skip
     for i, batch in enumerate(bar):
-        images = parallel.host_batch_to_global(batch["image"], mesh)
+        images = parallel.padded_batch_to_global(batch["image"], mesh, batch_size)
         losses.append(float(eval_step(params, images, jax.random.fold_in(key, i))))
     if not losses:
         raise ValueError(

@@ -96,8 +96,11 @@ class _StopSignal:
         return bool(np.any(flags))
 
 
-def check_training_config(config: ml_collections.ConfigDict, n_devices: int) -> None:
-    """Refuses settings the loop cannot honour, naming the key."""
+def check_training_config(
+    config: ml_collections.ConfigDict, n_devices: int, pads_batches: bool = False
+) -> None:
+    """Refuses settings the loop cannot honour, naming the key. With `pads_batches` (the score
+    model's loop) a single process pads batches to the devices, so any batch size works."""
     t = config.training
     if t.n_iters < 1:
         raise ValueError(f"config.training.n_iters must be >= 1, got {t.n_iters}.")
@@ -110,6 +113,8 @@ def check_training_config(config: ml_collections.ConfigDict, n_devices: int) -> 
                 f"config.training.{key}={value} must be a positive multiple of "
                 f"config.training.n_jitted_steps={t.n_jitted_steps}."
             )
+    if pads_batches and jax.process_count() == 1:
+        return
     for key, value in (("training", t.batch_size), ("eval", config.eval.batch_size)):
         if value % n_devices or value % jax.process_count():
             raise ValueError(
@@ -140,7 +145,7 @@ def _train_stream(config, mesh, start_step: int) -> Iterator[tuple[int, jax.Arra
     while step < t.n_iters:
         n = min(t.n_jitted_steps, t.n_iters - step)
         images = np.stack([next(batches)["image"] for _ in range(n)])
-        yield n, parallel.host_batch_to_global(images, mesh, batch_axis=1)
+        yield n, parallel.padded_batch_to_global(images, mesh, t.batch_size, batch_axis=1)
         step += n
 
 
@@ -223,7 +228,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> TrainState:
     logging.getLogger("absl").setLevel(logging.WARNING)
     is_main = jax.process_index() == 0
     mesh = parallel.make_mesh()
-    check_training_config(config, mesh.devices.size)
+    check_training_config(config, mesh.devices.size, pads_batches=True)
 
     sde = get_sde(config)
     model = get_model(config)
@@ -355,7 +360,9 @@ def _make_evaluate(config, sde, model, mesh, start: int):
     key = jax.random.PRNGKey(config.seed + 2)
 
     def evaluate(params, step: int) -> float:
-        images = parallel.host_batch_to_global(next(batches)["image"], mesh)
+        images = parallel.padded_batch_to_global(
+            next(batches)["image"], mesh, config.eval.batch_size
+        )
         loss = eval_step(params, images, jax.random.fold_in(key, step))
         return float(loss.addressable_data(0))
 

@@ -26,7 +26,7 @@ from jax.sharding import PartitionSpec as P
 from score_jax.data.preprocess import get_scaler, to_float
 from score_jax.losses import Loss, get_loss_fn
 from score_jax.models.kernels import model_kernels
-from score_jax.parallel import DATA_AXIS
+from score_jax.parallel import DATA_AXIS, padded_batch_size
 from score_jax.sde import SDE
 from score_jax.train.optimizer import ema_decay, update_ema
 from score_jax.train.state import TrainState
@@ -66,13 +66,38 @@ def _draw_inputs(loss_fn: Loss, preprocess: Preprocess, mesh: Mesh, key, images)
     return x, noise, k_dropout
 
 
-def _device_loss(loss_fn: Loss, params, x, noise, dropout_key) -> jax.Array:
-    """This device's mean loss; its dropout key is made distinct per device."""
+def _device_loss(loss_fn: Loss, params, x, noise, dropout_key, weights=None) -> jax.Array:
+    """This device's mean loss; its dropout key is made distinct per device.
+
+    With `weights` [B_device] (0 for padding rows, n_devices / B_real for real ones) it is the
+    weighted sum instead, whose pmean is the mean over the real rows of the global batch."""
     dropout_key = jax.random.fold_in(dropout_key, lax.axis_index(DATA_AXIS))
-    return loss_fn.compute(params, {"image": x}, noise, dropout_key)[0]
+    loss, aux = loss_fn.compute(params, {"image": x}, noise, dropout_key)
+    return loss if weights is None else jnp.sum(aux["per_example"] * weights)
 
 
-def _global_loss_and_grads(loss_fn: Loss, params, x, noise, dropout_key, check_vma: bool):
+def row_weights(real_rows: int, padded_rows: int, n_devices: int) -> jax.Array:
+    """[padded_rows] weights of a batch whose last rows are padding: n_devices / real_rows for
+    the real rows, 0 for the padding."""
+    scale = n_devices / real_rows
+    return jnp.where(jnp.arange(padded_rows) < real_rows, scale, 0.0).astype(jnp.float32)
+
+
+def _weights_of(images: jax.Array, real: int, padded: int, mesh: Mesh) -> tuple:
+    """(row_weights,) for a configured batch the devices cannot split, else () (plain mean)."""
+    if padded == real:
+        return ()
+    if images.shape[0] != padded:
+        raise ValueError(
+            f"A batch of {real} on {mesh.devices.size} devices runs as {padded} rows (padded); "
+            f"got {images.shape[0]} (use parallel.padded_batch_to_global)."
+        )
+    return (row_weights(real, padded, mesh.devices.size),)
+
+
+def _global_loss_and_grads(
+    loss_fn: Loss, params, x, noise, dropout_key, weights, check_vma: bool
+) -> tuple[jax.Array, Any]:
     """The global mean loss and its gradient, the same on every device.
 
     Equal shards, so the mean of shard means is the global mean. Under check_vma=True autodiff
@@ -80,13 +105,13 @@ def _global_loss_and_grads(loss_fn: Loss, params, x, noise, dropout_key, check_v
     check_vma=False (pmap's semantics, needed by the 'cpu' kernels' custom VJPs) each device's
     own gradient is averaged explicitly.
     """
+
+    def device_loss(p):
+        return _device_loss(loss_fn, p, x, noise, dropout_key, weights)
+
     if check_vma:
-        return jax.value_and_grad(
-            lambda p: lax.pmean(_device_loss(loss_fn, p, x, noise, dropout_key), DATA_AXIS)
-        )(params)
-    loss, grads = jax.value_and_grad(lambda p: _device_loss(loss_fn, p, x, noise, dropout_key))(
-        params
-    )
+        return jax.value_and_grad(lambda p: lax.pmean(device_loss(p), DATA_AXIS))(params)
+    loss, grads = jax.value_and_grad(device_loss)(params)
     return lax.pmean(loss, DATA_AXIS), lax.pmean(grads, DATA_AXIS)
 
 
@@ -100,9 +125,9 @@ def device_update(
 
     Loss and gradient norm are global (the same on every device)."""
 
-    def update(state: TrainState, x, noise, dropout_key):
+    def update(state: TrainState, x, noise, dropout_key, weights=None):
         loss, grads = _global_loss_and_grads(
-            loss_fn, state.params, x, noise, dropout_key, check_vma
+            loss_fn, state.params, x, noise, dropout_key, weights, check_vma
         )
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
@@ -144,10 +169,12 @@ def make_train_step(
     # The 'cpu' kernels' custom VJPs need check_vma=False (pmap's semantics); plain lax and
     # flax ('xla', the GPU/TPU default) run with shard_map's replication checks on.
     check_vma = model_kernels(config) == "xla"
+    real = config.training.batch_size
+    padded = padded_batch_size(real, mesh)
     update = jax.shard_map(
         device_update(config, loss_fn, optimizer, check_vma),
         mesh=mesh,
-        in_specs=(P(), P(DATA_AXIS), P(DATA_AXIS), P()),
+        in_specs=(P(), P(DATA_AXIS), P(DATA_AXIS), P(), *([P(DATA_AXIS)] * (padded != real))),
         out_specs=(P(), P()),
         check_vma=check_vma,
     )
@@ -155,7 +182,8 @@ def make_train_step(
     def one_step(state: TrainState, images: jax.Array):
         step_key = jax.random.fold_in(state.rng, state.step)
         x, noise, dropout_key = _draw_inputs(loss_fn, preprocess, mesh, step_key, images)
-        return update(state, x, noise, dropout_key)
+        weights = _weights_of(images, real, padded, mesh)
+        return update(state, x, noise, dropout_key, *weights)
 
     def steps(state, images):
         return _run_steps(one_step, state, images, unroll)
@@ -168,19 +196,23 @@ def make_eval_step(
 ) -> Callable[[Any, jax.Array, jax.Array], jax.Array]:
     """jit(params, images [B_global, ...], key) -> global mean loss, without gradients."""
     preprocess = make_preprocess(config)
+    real = config.eval.batch_size
+    padded = padded_batch_size(real, mesh, "eval.batch_size")
 
-    def device_eval(params, x, noise, dropout_key):
-        return lax.pmean(_device_loss(loss_fn, params, x, noise, dropout_key), DATA_AXIS)
+    def device_eval(params, x, noise, dropout_key, *weights):
+        loss = _device_loss(loss_fn, params, x, noise, dropout_key, *weights)
+        return lax.pmean(loss, DATA_AXIS)
 
     mapped = jax.shard_map(
         device_eval,
         mesh=mesh,
-        in_specs=(P(), P(DATA_AXIS), P(DATA_AXIS), P()),
+        in_specs=(P(), P(DATA_AXIS), P(DATA_AXIS), P(), *([P(DATA_AXIS)] * (padded != real))),
         out_specs=P(),
         check_vma=model_kernels(config) == "xla",
     )
 
     def eval_step(params, images, key):
-        return mapped(params, *_draw_inputs(loss_fn, preprocess, mesh, key, images))
+        inputs = _draw_inputs(loss_fn, preprocess, mesh, key, images)
+        return mapped(params, *inputs, *_weights_of(images, real, padded, mesh))
 
     return jax.jit(eval_step)
