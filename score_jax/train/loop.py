@@ -266,6 +266,13 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> TrainState:
     # A signal during the final save counts too, except where other processes may not know it.
     if progress.stopped or (stop.raised and jax.process_count() == 1):
         _stopped(stop.name, progress, workdir, is_main)
+    _finish(config, workdir, progress, state, time.perf_counter() - started, is_main)
+    return state
+
+
+def _finish(config, workdir: Path, progress: _Progress, state, seconds: float, is_main: bool):
+    """Logs the end of a finished run and writes its final report (if the config asks for one
+    and this run trained; an earlier run's report, with its training time, stands)."""
     if is_main:
         log.info(
             "Training finished at step %d after %d step(s) in %d call(s) in this run; "
@@ -275,15 +282,14 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> TrainState:
             progress.calls,
             checkpoints.checkpoint_dir(workdir),
         )
-    if t.final_report and progress.ran == 0 and (workdir / "report.json").is_file():
-        # Nothing trained: the run's report (and its training time) stands as written.
+    if not config.training.final_report:
+        return
+    if progress.ran == 0 and (workdir / "report.json").is_file():
         log.info("Nothing left to train; the report is %s.", workdir / "report.json")
-    elif t.final_report:
-        from score_jax.train.report import final_report
+        return
+    from score_jax.train.report import final_report
 
-        elapsed = time.perf_counter() - started
-        final_report(config, workdir, progress.step, state.ema_params, elapsed)
-    return state
+    final_report(config, workdir, progress.step, state.ema_params, seconds)
 
 
 def _run_calls(config, workdir: Path, parts: _Parts, state, progress: _Progress, stop):
