@@ -336,6 +336,18 @@ def _add_temb(h: jax.Array, temb: jax.Array | None, act, dtype: Dtype, kernels: 
     return kernel_choice.add_per_example(h, emb, kernels)
 
 
+def _second_half(block: nn.Module, h: jax.Array, temb, out_ch: int, train: bool) -> jax.Array:
+    """The residual branch of both NCSN++ blocks after Conv_0: + Dense_0(act(temb)),
+    GroupNorm_1, act, Dropout_0, Conv_1 (init_scale). Called inside the block's compact
+    __call__, so the submodules are the block's own (official names)."""
+    dtype, kernels = block.dtype, block.kernels
+    h = _add_temb(h, temb, block.act, dtype, kernels)
+    h = block.act(group_norm(out_ch, dtype=dtype, kernels=kernels, name="GroupNorm_1")(h))
+    h = Dropout(block.dropout, kernels=kernels, name="Dropout_0")(h, deterministic=not train)
+    conv = conv3x3(out_ch, init_scale=block.init_scale, dtype=dtype, kernels=kernels, name="Conv_1")
+    return conv(h)
+
+
 class ResnetBlockDDPMpp(nn.Module):
     """DDPM residual block with NCSN++ GroupNorm groups, optional skip rescaling by 1/sqrt(2)."""
 
@@ -356,19 +368,7 @@ class ResnetBlockDDPMpp(nn.Module):
             group_norm(in_ch, dtype=self.dtype, kernels=self.kernels, name="GroupNorm_0")(x)
         )
         h = conv3x3(out_ch, dtype=self.dtype, kernels=self.kernels, name="Conv_0")(h)
-        h = _add_temb(h, temb, self.act, self.dtype, self.kernels)
-        h = self.act(
-            group_norm(out_ch, dtype=self.dtype, kernels=self.kernels, name="GroupNorm_1")(h)
-        )
-        dropout = Dropout(self.dropout, kernels=self.kernels, name="Dropout_0")
-        h = dropout(h, deterministic=not train)
-        h = conv3x3(
-            out_ch,
-            init_scale=self.init_scale,
-            dtype=self.dtype,
-            kernels=self.kernels,
-            name="Conv_1",
-        )(h)
+        h = _second_half(self, h, temb, out_ch, train)
         if in_ch != out_ch:
             if self.conv_shortcut:
                 x = conv3x3(out_ch, dtype=self.dtype, kernels=self.kernels, name="Conv_2")(x)
@@ -413,19 +413,7 @@ class ResnetBlockBigGANpp(nn.Module):
         h = self._resample(h)
         x = self._resample(x)
         h = conv3x3(out_ch, dtype=self.dtype, kernels=self.kernels, name="Conv_0")(h)
-        h = _add_temb(h, temb, self.act, self.dtype, self.kernels)
-        h = self.act(
-            group_norm(out_ch, dtype=self.dtype, kernels=self.kernels, name="GroupNorm_1")(h)
-        )
-        dropout = Dropout(self.dropout, kernels=self.kernels, name="Dropout_0")
-        h = dropout(h, deterministic=not train)
-        h = conv3x3(
-            out_ch,
-            init_scale=self.init_scale,
-            dtype=self.dtype,
-            kernels=self.kernels,
-            name="Conv_1",
-        )(h)
+        h = _second_half(self, h, temb, out_ch, train)
         if in_ch != out_ch or self.up or self.down:
             x = conv1x1(out_ch, dtype=self.dtype, kernels=self.kernels, name="Conv_2")(x)
         return (x + h) / _SQRT2 if self.skip_rescale else x + h
