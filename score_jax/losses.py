@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from score_jax.models.score_fn import ApplyFn, network_score_fn
-from score_jax.sde import SDE, VESDE, VPSDE, SubVPSDE, batch_broadcast
+from score_jax.sde import SDE, VESDE, VPSDE, batch_broadcast
 
 LossFn = Callable[[Any, jax.Array, Mapping[str, jax.Array]], tuple[jax.Array, dict]]
 NoiseFn = Callable[[jax.Array, jax.Array], dict]
@@ -109,7 +109,7 @@ def smld_loss_fn(
 
     Label i indexes the descending noise levels (label 0 is sigma_max), as the NCSN networks do.
     """
-    if not isinstance(sde, VESDE):
+    if sde.discrete_chain != "smld":
         raise ValueError(f"The SMLD loss needs a VESDE, got {type(sde).__name__}.")
     sigmas_desc = jnp.asarray(sde.discrete_sigmas[::-1].copy())
     reduce = _reduce_fn(reduce_mean)
@@ -140,7 +140,7 @@ def ddpm_loss_fn(
     extra_variables: Mapping[str, Any] | None = None,
 ) -> Loss:
     """DDPM loss: |eps_theta(sqrt(abar_i) x0 + sqrt(1 - abar_i) z, i) - z|^2, i uniform."""
-    if not isinstance(sde, VPSDE):
+    if sde.discrete_chain != "ddpm":
         raise ValueError(f"The DDPM loss needs a VPSDE, got {type(sde).__name__}.")
     sqrt_abar = jnp.asarray(sde.sqrt_alphas_cumprod)
     sqrt_1m_abar = jnp.asarray(sde.sqrt_1m_alphas_cumprod)
@@ -168,6 +168,10 @@ def _draw_level_noise(num_levels: int, key: jax.Array, x0: jax.Array) -> dict:
     return {"labels": labels, "z": jax.random.normal(k_z, x0.shape)}
 
 
+# The discrete objective of each SDE's discrete chain (SDE.discrete_chain).
+DISCRETE_LOSSES: dict[str, Callable[..., Loss]] = {"smld": smld_loss_fn, "ddpm": ddpm_loss_fn}
+
+
 def get_loss_fn(
     sde: SDE,
     apply_fn: ApplyFn,
@@ -181,10 +185,9 @@ def get_loss_fn(
         return sde_loss_fn(sde, apply_fn, train, reduce_mean, True, likelihood_weighting)
     if likelihood_weighting:
         raise ValueError("likelihood_weighting is only defined for continuous training.")
-    if isinstance(sde, VESDE):
-        return smld_loss_fn(sde, apply_fn, train, reduce_mean)
-    if isinstance(sde, VPSDE):
-        return ddpm_loss_fn(sde, apply_fn, train, reduce_mean)
-    if isinstance(sde, SubVPSDE):
-        raise ValueError("Discrete training is not defined for sub-VP SDEs; use continuous=True.")
-    raise NotImplementedError(f"No discrete loss for {type(sde).__name__}.")
+    if sde.discrete_chain not in DISCRETE_LOSSES:
+        raise ValueError(
+            f"Discrete training is not defined for {type(sde).__name__}: only VE (SMLD) and VP "
+            "(DDPM) have a discrete chain, sub-VP has none; use continuous=True."
+        )
+    return DISCRETE_LOSSES[sde.discrete_chain](sde, apply_fn, train, reduce_mean)

@@ -12,7 +12,7 @@ import dataclasses
 import functools
 import math
 from collections.abc import Callable
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -66,6 +66,19 @@ class SDE(Protocol):
     def t_from_edm_sigma(self, sigma: jax.Array) -> jax.Array: ...
 
     def data_prediction(self, x: jax.Array, t: jax.Array, score: jax.Array) -> jax.Array: ...
+
+    # What the official code does differently per SDE: network labels and output, the default
+    # sampling end time, the discrete chain (SMLD, DDPM or none) and the Langevin step factors.
+    sampling_eps: float
+    discrete_chain: str | None
+
+    def noise_labels(self, t: jax.Array, continuous: bool) -> jax.Array: ...
+
+    def output_to_score(self, out: jax.Array, t: jax.Array, continuous: bool) -> jax.Array: ...
+
+    def discrete_alpha(self, t: jax.Array) -> jax.Array: ...
+
+    def ald_alpha(self, t: jax.Array) -> jax.Array: ...
 
 
 class _SDEBase:
@@ -204,6 +217,41 @@ class VESDE(_SDEBase):
         """Index i of the discrete level for continuous t (truncation, as the official code)."""
         return (t * (self.N - 1) / self.T).astype(jnp.int32)
 
+    # Official sampling end time; the discrete chain is SMLD's (its loss, ancestral sampling).
+    sampling_eps: ClassVar[float] = 1e-5
+    discrete_chain: ClassVar[str | None] = "smld"
+
+    def noise_labels(self, t: jax.Array, continuous: bool) -> jax.Array:
+        """Network labels for t [B]: sigma(t), or (discrete) the index round((T - t)(N - 1)) of
+        the descending SMLD levels (label 0 is sigma_max), as the official NCSN networks take."""
+        if continuous:
+            return self.sigma(t)
+        return jnp.round((self.T - t) * (self.N - 1)).astype(jnp.int32)
+
+    def output_to_score(self, out: jax.Array, t: jax.Array, continuous: bool) -> jax.Array:
+        """VE networks output the score itself (scaled by 1 / sigma inside the network)."""
+        del t, continuous
+        return out
+
+    def discrete_alpha(self, t: jax.Array) -> jax.Array:
+        """1 [B]: the SMLD chain does not scale x (the Langevin correctors' alpha)."""
+        return jnp.ones_like(t)
+
+    def ald_alpha(self, t: jax.Array) -> jax.Array:
+        return self.discrete_alpha(t)
+
+    def ancestral_step(
+        self, x: jax.Array, score: jax.Array, t: jax.Array, noise: jax.Array
+    ) -> tuple[jax.Array, jax.Array]:
+        """SMLD's posterior step from level i to i - 1 (paper, App. F): (x, x_mean)."""
+        i = self.timestep(t)
+        sigmas = jnp.asarray(self.discrete_sigmas)
+        var = sigmas[i] ** 2
+        prev_var = jnp.where(i == 0, 0.0, sigmas[jnp.maximum(i - 1, 0)] ** 2)
+        x_mean = x + batch_broadcast(var - prev_var, x) * score
+        std = jnp.sqrt(prev_var * (var - prev_var) / var)
+        return x_mean + batch_broadcast(std, x) * noise, x_mean
+
     def discretize(self, x, t):
         """SMLD chain: x_i = x_{i-1} + sqrt(sigma_i^2 - sigma_{i-1}^2) z, with sigma_{-1} = 0."""
         i = self.timestep(t)
@@ -288,6 +336,20 @@ class _BetaSchedule(_SDEBase):
     def timestep(self, t: jax.Array) -> jax.Array:
         return (t * (self.N - 1) / self.T).astype(jnp.int32)
 
+    sampling_eps: ClassVar[float] = 1e-3
+
+    def discrete_alpha(self, t: jax.Array) -> jax.Array:
+        """alpha_i = 1 - beta_i [B] of the DDPM chain at t (the Langevin correctors' alpha). The
+        official code reads it for sub-VP too (where the table is missing, so it crashes);
+        sub-VP shares the beta schedule, so it gets the same alpha_i."""
+        return jnp.asarray(self.alphas)[self.timestep(t)]
+
+    def ald_alpha(self, t: jax.Array) -> jax.Array:
+        return self.discrete_alpha(t)
+
+    def _marginal_std(self, t: jax.Array) -> jax.Array:
+        return self.marginal_prob(jnp.zeros((t.shape[0], 1)), t)[1]
+
 
 @dataclasses.dataclass(frozen=True)
 class VPSDE(_BetaSchedule):
@@ -313,6 +375,29 @@ class VPSDE(_BetaSchedule):
     def t_from_log_snr(self, lam):
         """exp(-2 lambda) = 1 / alpha^2 - 1, so int_0^t beta = log(1 + exp(-2 lambda))."""
         return self._t_from_integrated_beta(jnp.logaddexp(0.0, -2.0 * lam))
+
+    discrete_chain: ClassVar[str | None] = "ddpm"
+
+    def noise_labels(self, t: jax.Array, continuous: bool) -> jax.Array:
+        """999 t (continuous), or t (N - 1) left unrounded as the official DDPM code passes it."""
+        return t * 999 if continuous else t * (self.N - 1)
+
+    def output_to_score(self, out: jax.Array, t: jax.Array, continuous: bool) -> jax.Array:
+        """-out / std: the network predicts the noise. Discrete: std from the DDPM table at the
+        truncated index, as the official code."""
+        if continuous:
+            std = self._marginal_std(t)
+        else:
+            std = jnp.asarray(self.sqrt_1m_alphas_cumprod)[(t * (self.N - 1)).astype(jnp.int32)]
+        return -out / batch_broadcast(std, out)
+
+    def ancestral_step(
+        self, x: jax.Array, score: jax.Array, t: jax.Array, noise: jax.Array
+    ) -> tuple[jax.Array, jax.Array]:
+        """DDPM's posterior step from level i to i - 1 (paper, App. F): (x, x_mean)."""
+        beta = batch_broadcast(jnp.asarray(self.discrete_betas)[self.timestep(t)], x)
+        x_mean = (x + beta * score) / jnp.sqrt(1.0 - beta)
+        return x_mean + jnp.sqrt(beta) * noise, x_mean
 
     def discretize(self, x, t):
         """DDPM chain: x_i = sqrt(1 - beta_i) x_{i-1} + sqrt(beta_i) z."""
@@ -350,6 +435,23 @@ class SubVPSDE(_BetaSchedule):
         """alpha exp(-lambda) = 1 - alpha^2 gives alpha = 1 / exp(arcsinh(exp(-lambda) / 2)), so
         int_0^t beta = -2 log alpha = 2 arcsinh(exp(-lambda) / 2)."""
         return self._t_from_integrated_beta(2.0 * jnp.arcsinh(0.5 * jnp.exp(-lam)))
+
+    # No discrete chain: no SMLD/DDPM loss and no ancestral sampling for sub-VP.
+    discrete_chain: ClassVar[str | None] = None
+
+    def noise_labels(self, t: jax.Array, continuous: bool) -> jax.Array:
+        """999 t, continuous or not (the official code has no discrete sub-VP labels)."""
+        del continuous
+        return t * 999
+
+    def output_to_score(self, out: jax.Array, t: jax.Array, continuous: bool) -> jax.Array:
+        """-out / std(t), the marginal standard deviation."""
+        del continuous
+        return -out / batch_broadcast(self._marginal_std(t), out)
+
+    def ald_alpha(self, t: jax.Array) -> jax.Array:
+        """alpha_i / std(t): see `sampling.correctors.ald` for why sub-VP takes the VP step."""
+        return self.discrete_alpha(t) / self._marginal_std(t)
 
 
 SDES: dict[str, type] = {"vesde": VESDE, "vpsde": VPSDE, "subvpsde": SubVPSDE}

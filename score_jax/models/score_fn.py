@@ -1,4 +1,5 @@
-"""From raw network output to a score function, with the official label and scaling rules.
+"""From raw network output to a score function, with the official label and scaling rules
+(implemented on the SDE classes: `SDE.noise_labels`, `SDE.output_to_score`).
 
 | SDE          | continuous                          | discrete                                   |
 |--------------|-------------------------------------|--------------------------------------------|
@@ -17,9 +18,8 @@ from typing import Any
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
-from score_jax.sde import SDE, VESDE, VPSDE, ScoreFn, SubVPSDE, batch_broadcast
+from score_jax.sde import SDE, ScoreFn
 
 # apply(variables, x, labels, train, rngs) -> raw network output, same shape as x.
 ApplyFn = Callable[..., jax.Array]
@@ -27,27 +27,14 @@ NetworkScoreFn = Callable[..., jax.Array]
 
 
 def noise_labels(sde: SDE, t: jax.Array, continuous: bool) -> jax.Array:
-    """The labels the official code feeds the network for time t [B]."""
-    if isinstance(sde, VESDE):
-        if continuous:
-            return sde.marginal_prob(jnp.zeros((t.shape[0], 1)), t)[1]
-        return jnp.round((sde.T - t) * (sde.N - 1)).astype(jnp.int32)
-    if isinstance(sde, VPSDE | SubVPSDE):
-        if continuous or isinstance(sde, SubVPSDE):
-            return t * 999
-        return t * (sde.N - 1)
-    raise NotImplementedError(f"SDE class {type(sde).__name__} is not supported.")
+    """The labels the official code feeds the network for time t [B] (`SDE.noise_labels`)."""
+    return sde.noise_labels(t, continuous)
 
 
 def output_to_score(sde: SDE, out: jax.Array, t: jax.Array, continuous: bool) -> jax.Array:
-    """Turns raw network output into the score of p_t (VE: as is; VP/sub-VP: -out / std)."""
-    if isinstance(sde, VESDE):
-        return out
-    if isinstance(sde, VPSDE) and not continuous:
-        std = jnp.asarray(sde.sqrt_1m_alphas_cumprod)[(t * (sde.N - 1)).astype(jnp.int32)]
-    else:
-        std = sde.marginal_prob(jnp.zeros((t.shape[0], 1)), t)[1]
-    return -out / batch_broadcast(std, out)
+    """Raw network output -> the score of p_t (`SDE.output_to_score`; VE: as is; VP and
+    sub-VP: -out / std)."""
+    return sde.output_to_score(out, t, continuous)
 
 
 def network_score_fn(sde: SDE, apply_fn: ApplyFn, continuous: bool = True) -> NetworkScoreFn:

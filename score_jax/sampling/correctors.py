@@ -14,20 +14,15 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from score_jax.sde import SDE, VESDE, ScoreFn, SubVPSDE, batch_broadcast
+from score_jax.sde import SDE, ScoreFn, batch_broadcast
 
 Corrector = Callable[..., tuple[jax.Array, jax.Array]]
 
 
 def discrete_alpha(sde: SDE, t: jax.Array) -> jax.Array:
-    """The factor alpha_i = 1 - beta_i [B] of the DDPM chain at t, and 1 for VE.
-
-    The official code reads `sde.alphas` for VP and sub-VP alike (sub-VP has no such table there,
-    so it crashes); sub-VP shares the VP beta schedule, so here it gets the same alpha_i.
-    """
-    if isinstance(sde, VESDE):
-        return jnp.ones_like(t)
-    return jnp.asarray(sde.alphas)[sde.timestep(t)]
+    """The factor alpha_i = 1 - beta_i [B] of the DDPM chain at t, and 1 for VE
+    (`SDE.discrete_alpha`)."""
+    return sde.discrete_alpha(t)
 
 
 def _per_example_norm(v: jax.Array) -> jax.Array:
@@ -98,10 +93,7 @@ def ald(
     """
     del axis_name  # the step size does not depend on the batch
     std = sde.marginal_prob(x, t)[1]
-    alpha = discrete_alpha(sde, t)
-    if isinstance(sde, SubVPSDE):
-        alpha = alpha / std
-    h = 2.0 * alpha * (snr * std) ** 2
+    h = 2.0 * sde.ald_alpha(t) * (snr * std) ** 2
     return _langevin_loop(key, score_fn, x, t, n_steps, lambda score, noise: h)
 
 

@@ -36,7 +36,7 @@ from score_jax.sampling.ode import ode_sample
 from score_jax.sampling.pc import pc_sample, resolve_corrector, resolve_predictor
 from score_jax.sampling.predictors import ancestral_sampling, check_ancestral
 from score_jax.sampling.sde_solve import check_sde_solver, sde_sample
-from score_jax.sde import SDE, VESDE, ScoreFn
+from score_jax.sde import SDE, ScoreFn
 
 SampleFn = Callable[[jax.Array, ScoreFn], tuple[jax.Array, jax.Array]]
 METHODS = ("pc", "ode", "sde", "dpm_solver++", "dpm_solver", "heun")
@@ -46,7 +46,7 @@ DEFAULT_SCHEDULES = {"dpm_solver++": "logsnr", "dpm_solver": "logsnr", "heun": "
 
 def default_eps(sde: SDE) -> float:
     """The official sampling end time: 1e-5 for VE, 1e-3 for VP and sub-VP (run_lib.py)."""
-    return 1e-5 if isinstance(sde, VESDE) else 1e-3
+    return sde.sampling_eps
 
 
 def get_sampler(

@@ -13,7 +13,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from score_jax.sde import SDE, VESDE, VPSDE, ScoreFn, batch_broadcast
+from score_jax.sde import SDE, ScoreFn, batch_broadcast
 
 Predictor = Callable[..., tuple[jax.Array, jax.Array]]
 
@@ -44,24 +44,13 @@ def ancestral_sampling(
 ) -> tuple[jax.Array, jax.Array]:
     """The posterior step of the discrete chain: SMLD's for VE, DDPM's for VP (paper, App. F)."""
     check_ancestral(sde, probability_flow)
-    i = sde.timestep(t)
-    score = score_fn(x, t)
     noise = jax.random.normal(key, x.shape, x.dtype)
-    if isinstance(sde, VESDE):
-        sigmas = jnp.asarray(sde.discrete_sigmas)
-        var = sigmas[i] ** 2
-        prev_var = jnp.where(i == 0, 0.0, sigmas[jnp.maximum(i - 1, 0)] ** 2)
-        x_mean = x + batch_broadcast(var - prev_var, x) * score
-        std = jnp.sqrt(prev_var * (var - prev_var) / var)
-        return x_mean + batch_broadcast(std, x) * noise, x_mean
-    beta = batch_broadcast(jnp.asarray(sde.discrete_betas)[i], x)
-    x_mean = (x + beta * score) / jnp.sqrt(1.0 - beta)
-    return x_mean + jnp.sqrt(beta) * noise, x_mean
+    return sde.ancestral_step(x, score_fn(x, t), t, noise)
 
 
 def check_ancestral(sde: SDE, probability_flow: bool) -> None:
     """Ancestral sampling exists only for the two discrete chains (SMLD = VE, DDPM = VP)."""
-    if type(sde) not in (VESDE, VPSDE):
+    if sde.discrete_chain is None:
         raise ValueError(
             "predictor 'ancestral_sampling' is defined only for VESDE (SMLD) and VPSDE (DDPM), "
             f"got {type(sde).__name__}; use 'reverse_diffusion' or 'euler_maruyama' instead."
