@@ -198,6 +198,27 @@ def _summarise(results: list[dict], repeats: int) -> dict:
     }
 
 
+def _config_bpd_step(config, mesh: jax.sharding.Mesh, continuous: bool) -> BpdStep:
+    """make_bpd_step for config's SDE, model, scaler and bits/dim offset (none for raw points)."""
+    from score_jax.data import get_inverse_scaler, get_scaler
+    from score_jax.models import get_model, get_score_fn
+    from score_jax.sde import get_sde
+
+    sde, model = get_sde(config), get_model(config)
+
+    def score_fn_builder(p):
+        return get_score_fn(sde, model, {"params": p}, continuous=config.training.continuous)
+
+    return make_bpd_step(
+        score_fn_builder,
+        sde,
+        mesh,
+        scaler=get_scaler(config),
+        offset=0.0 if continuous else bpd_offset(get_inverse_scaler(config)),
+        hutchinson=config.eval.bpd_hutchinson,
+    )
+
+
 def bpd_from_config(
     config,
     params: Any,
@@ -213,31 +234,15 @@ def bpd_from_config(
     The training loop and `score-jax eval` call this with their parameters; `step` only enters
     the noise keys, so that different checkpoints see different (but reproducible) noise.
     """
-    from score_jax.data import get_dataset, get_inverse_scaler, get_scaler
-    from score_jax.models import get_model, get_score_fn
-    from score_jax.sde import get_sde
+    from score_jax.data import get_dataset
 
     mesh = parallel.make_mesh() if mesh is None else mesh
-    # Any eval.batch_size on any number of devices: the batch is rounded up to a multiple of
-    # the devices, the last one padded and masked. Per-example noise keys keep the result
-    # independent of the batch size, up to the adaptive ODE solver's tolerance.
-    devices = mesh.devices.size
-    batch_size = -(-int(config.eval.batch_size) // devices) * devices
-
+    # Any eval.batch_size on any number of devices (one process): the batch is rounded up to a
+    # multiple of the devices, the last one padded and masked. Per-example noise keys keep the
+    # result independent of the batch size, up to the adaptive ODE solver's tolerance.
+    batch_size = parallel.padded_batch_size(config.eval.batch_size, mesh, "eval.batch_size")
     continuous = config.data.dataset == "MIXTURE"  # raw points: no 8-bit grid, no offset
-    sde, model = get_sde(config), get_model(config)
-
-    def score_fn_builder(p):
-        return get_score_fn(sde, model, {"params": p}, continuous=config.training.continuous)
-
-    bpd_step = make_bpd_step(
-        score_fn_builder,
-        sde,
-        mesh,
-        scaler=get_scaler(config),
-        offset=0.0 if continuous else bpd_offset(get_inverse_scaler(config)),
-        hutchinson=config.eval.bpd_hutchinson,
-    )
+    bpd_step = _config_bpd_step(config, mesh, continuous)
     dataset = get_dataset(config, split, batch_size=batch_size, shuffle=False, seed=0,
                           num_epochs=1, drop_remainder=False)  # fmt: skip
     key = jax.random.fold_in(jax.random.PRNGKey(config.seed + 2), step)

@@ -201,13 +201,19 @@ def pc_sample(
     shape = tuple(int(d) for d in shape)
     if not progress:
         return _pc_whole(key, shape=shape, denoise=bool(denoise), **options), nfe
+    return _pc_in_chunks(key, shape, bool(denoise), options), nfe
 
+
+def _pc_in_chunks(key: jax.Array, shape: tuple[int, ...], denoise: bool, options: dict):
+    """pc_sample's progress mode: the same steps in up to PROGRESS_CHUNKS compiled calls (one
+    program, reused) with a progress bar between them; x [shape]."""
     if isinstance(key, jax.core.Tracer):
         raise ValueError(
             "pc_sample(progress=True) runs compiled chunks from Python and cannot be traced "
             "inside jax.jit; use progress=False there."
         )
-    x, k_steps = _prior(key, shape=shape, sde=sde, project=project)
+    sde = options["sde"]
+    x, k_steps = _prior(key, shape=shape, sde=sde, project=options["project"])
     chunk = math.ceil(sde.N / min(PROGRESS_CHUNKS, sde.N))
     masked = sde.N % chunk != 0
     with tqdm(total=sde.N, desc="sampling", unit="step") as bar:
@@ -215,4 +221,4 @@ def pc_sample(
             x, x_mean = _pc_chunk(k_steps, x, start, num=chunk, masked=masked, **options)
             x.block_until_ready()
             bar.update(min(chunk, sde.N - start))
-    return (x_mean if denoise else x), nfe
+    return x_mean if denoise else x
