@@ -12,6 +12,7 @@ the checkpoint converter needs. Inside a block the official names are kept (`Gro
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 import flax.linen as nn
@@ -129,6 +130,83 @@ def module_names(config: ml_collections.ConfigDict) -> list[str]:
     return names + ["norm_out", "conv_out"]
 
 
+@dataclasses.dataclass(frozen=True)
+class _Parts:
+    """What every DDPM block needs: options, compute dtype, kernels, activation, temb, train."""
+
+    config: ml_collections.ConfigDict
+    act: Callable[[jax.Array], jax.Array]
+    dtype: jnp.dtype
+    kernels: str
+    temb: jax.Array | None
+    train: bool
+
+    def resnet(self, h: jax.Array, out_ch: int, name: str) -> jax.Array:
+        block_cls = ResnetBlockDDPM
+        if self.config.model.get("remat", False):
+            # Recompute each block in the backward pass (train is static); names are unchanged.
+            block_cls = nn.remat(ResnetBlockDDPM, static_argnums=(3,))
+        block = block_cls(
+            out_ch, self.act, self.config.model.dropout, self.dtype, self.kernels, name=name
+        )
+        return block(h, self.temb, self.train)
+
+    def attn(self, h: jax.Array, name: str) -> jax.Array:
+        return AttnBlock(self.dtype, self.kernels, name=name)(h)
+
+
+def _time_embedding(
+    config: ml_collections.ConfigDict, act: Callable, dtype: jnp.dtype, labels: jax.Array
+) -> jax.Array | None:
+    """Sinusoidal embedding of the labels through two dense layers: [B, 4 nf], or None."""
+    m = config.model
+    if not m.conditional:
+        return None
+    temb = get_timestep_embedding(labels, m.nf)
+    temb = dense(4 * m.nf, dtype, name="temb_dense_0")(temb)
+    return dense(4 * m.nf, dtype, name="temb_dense_1")(act(temb))
+
+
+def _down_path(p: _Parts, x: jax.Array) -> list[jax.Array]:
+    """The encoder: the skip activations, from conv_in to the lowest resolution."""
+    m = p.config.model
+    num_levels = len(m.ch_mult)
+    hs = [conv3x3(m.nf, dtype=p.dtype, name="conv_in", kernels=p.kernels)(x.astype(p.dtype))]
+    for level in range(num_levels):
+        for block in range(m.num_res_blocks):
+            h = p.resnet(hs[-1], m.nf * m.ch_mult[level], f"down_{level}_block_{block}")
+            if h.shape[2] in m.attn_resolutions:
+                h = p.attn(h, f"down_{level}_attn_{block}")
+            hs.append(h)
+        if level != num_levels - 1:
+            name = f"down_{level}_downsample"
+            down = Downsample(
+                with_conv=m.resamp_with_conv, dtype=p.dtype, kernels=p.kernels, name=name
+            )
+            hs.append(down(hs[-1]))
+    return hs
+
+
+def _up_path(p: _Parts, h: jax.Array, hs: list[jax.Array]) -> jax.Array:
+    """The decoder, consuming the skips in hs from the end."""
+    m = p.config.model
+    for level in reversed(range(len(m.ch_mult))):
+        for block in range(m.num_res_blocks + 1):
+            skip = hs.pop()
+            h = p.resnet(
+                jnp.concatenate([h, skip], axis=-1),
+                m.nf * m.ch_mult[level],
+                f"up_{level}_block_{block}",
+            )
+        if h.shape[2] in m.attn_resolutions:
+            h = p.attn(h, f"up_{level}_attn")
+        if level != 0:
+            name = f"up_{level}_upsample"
+            up = Upsample(with_conv=m.resamp_with_conv, dtype=p.dtype, kernels=p.kernels, name=name)
+            h = up(h)
+    return h
+
+
 class DDPM(nn.Module):
     """DDPM U-Net: (x [B, H, W, C], labels [B]) -> output [B, H, W, C] (float32).
 
@@ -140,71 +218,25 @@ class DDPM(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, labels: jax.Array, train: bool = False) -> jax.Array:
+        # The helpers create submodules of this module, all with explicit names.
         config = self.config
-        m = config.model
         act = get_act(config)
         dtype, kernels = compute_dtype(config), model_kernels(config)
-        nf, num_levels = m.nf, len(m.ch_mult)
+        temb = _time_embedding(config, act, dtype, labels)
+        p = _Parts(config, act, dtype, kernels, temb, train)
 
-        block_cls = ResnetBlockDDPM
-        if m.get("remat", False):
-            # Recompute each block in the backward pass (train is static); names are unchanged.
-            block_cls = nn.remat(ResnetBlockDDPM, static_argnums=(3,))
-
-        def resnet(out_ch: int, name: str) -> ResnetBlockDDPM:
-            return block_cls(out_ch, act, m.dropout, dtype, kernels, name=name)
-
-        temb = None
-        if m.conditional:
-            temb = get_timestep_embedding(labels, nf)
-            temb = dense(4 * nf, dtype, name="temb_dense_0")(temb)
-            temb = dense(4 * nf, dtype, name="temb_dense_1")(act(temb))
-
-        h = x if config.data.centered else 2 * x - 1.0
-        hs = [conv3x3(nf, dtype=dtype, name="conv_in", kernels=kernels)(h.astype(dtype))]
-        for level in range(num_levels):
-            for block in range(m.num_res_blocks):
-                h = resnet(nf * m.ch_mult[level], f"down_{level}_block_{block}")(
-                    hs[-1], temb, train
-                )
-                if h.shape[2] in m.attn_resolutions:
-                    h = AttnBlock(dtype, kernels, name=f"down_{level}_attn_{block}")(h)
-                hs.append(h)
-            if level != num_levels - 1:
-                name = f"down_{level}_downsample"
-                down = Downsample(
-                    with_conv=m.resamp_with_conv, dtype=dtype, kernels=kernels, name=name
-                )
-                hs.append(down(hs[-1]))
-
+        hs = _down_path(p, x if config.data.centered else 2 * x - 1.0)
         h = hs[-1]
-        h = resnet(h.shape[-1], "mid_block_0")(h, temb, train)
-        h = AttnBlock(dtype, kernels, name="mid_attn")(h)
-        h = resnet(h.shape[-1], "mid_block_1")(h, temb, train)
-
-        for level in reversed(range(num_levels)):
-            for block in range(m.num_res_blocks + 1):
-                skip = hs.pop()
-                h = resnet(nf * m.ch_mult[level], f"up_{level}_block_{block}")(
-                    jnp.concatenate([h, skip], axis=-1), temb, train
-                )
-            if h.shape[2] in m.attn_resolutions:
-                h = AttnBlock(dtype, kernels, name=f"up_{level}_attn")(h)
-            if level != 0:
-                up = Upsample(
-                    with_conv=m.resamp_with_conv,
-                    dtype=dtype,
-                    kernels=kernels,
-                    name=f"up_{level}_upsample",
-                )
-                h = up(h)
+        h = p.resnet(h, h.shape[-1], "mid_block_0")
+        h = p.attn(h, "mid_attn")
+        h = p.resnet(h, h.shape[-1], "mid_block_1")
+        h = _up_path(p, h, hs)
 
         h = act(group_norm(h.shape[-1], DDPM_GROUPS, dtype, name="norm_out", kernels=kernels)(h))
         conv_out = conv3x3(
             config.data.num_channels, init_scale=0.0, dtype=dtype, name="conv_out", kernels=kernels
         )
-        out = conv_out(h)
-        h = out.astype(jnp.float32)
-        if m.scale_by_sigma:
+        h = conv_out(h).astype(jnp.float32)
+        if config.model.scale_by_sigma:
             h = divide_by_sigma(h, labels, config)
         return h
