@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from score_jax import run_record
 from score_jax.config import ConfigError, load_config
-from score_jax.errors import EXIT_PREEMPTED, TrainingPreempted
+from score_jax.errors import EXIT_PREEMPTED, TrainingPreempted, first_line
 from score_jax.hugepages import reexec_with_hugepages
 
 _DESCRIPTION = "Score-based generative modelling through SDEs, in JAX."
@@ -162,12 +162,11 @@ def _initialize_distributed(args: argparse.Namespace) -> None:
             heartbeat_timeout_seconds=args.heartbeat_timeout,
         )
     except Exception as err:  # noqa: BLE001 -- the coordination service raises XlaRuntimeError
-        first = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
         raise ValueError(
             f"Process {args.process_id} of {args.num_processes} could not join the run at "
-            f"{args.coordinator_address} within --init_timeout={args.init_timeout} s ({first}). "
-            "Start every process with the same --coordinator_address and --num_processes and "
-            "a distinct --process_id."
+            f"{args.coordinator_address} ({first_line(err, 300)}). Start every process within "
+            f"--init_timeout={args.init_timeout} s with the same --coordinator_address and "
+            "--num_processes and a distinct --process_id."
         ) from None
 
 

@@ -119,5 +119,7 @@ def prefetch_to_mesh(
 
 
 def fetch_to_host(tree: Any) -> Any:
-    """Numpy copies of (possibly multi-host) fully replicated arrays."""
-    return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), tree)
+    """Numpy copies of (possibly multi-host) fully replicated arrays; other leaves as arrays."""
+    return jax.tree.map(
+        lambda x: np.asarray(x.addressable_data(0) if isinstance(x, jax.Array) else x), tree
+    )

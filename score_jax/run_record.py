@@ -19,9 +19,11 @@ import ml_collections
 log = logging.getLogger(__name__)
 
 RECORD = "config.json"
-# The parts of a config that say what the trained network computes; where the data live and how
-# the network is executed (kernels, compute dtype, rematerialisation) do not.
-_TRAINING_KEYS = ("sde", "continuous", "reduce_mean", "likelihood_weighting")
+# config.training settings that change what a trained network computes (its SDE and loss); the
+# rest (step counts, logging, checkpoint cadence) does not.
+SDE_TRAINING_KEYS = ("sde", "continuous", "reduce_mean", "likelihood_weighting")
+# Where the data live and how the network is executed (kernels, compute dtype,
+# rematerialisation) do not define the trained model either.
 _NOT_DEFINING = {
     "data": ("data_dir", "path", "tfrecords_path"),
     "model": ("kernels", "dtype", "remat"),
@@ -36,7 +38,7 @@ def model_defining(config: ml_collections.ConfigDict) -> dict[str, Any]:
         section: {k: v for k, v in config[section].to_dict().items() if k not in dropped}
         for section, dropped in _NOT_DEFINING.items()
     }
-    parts["training"] = {key: training.get(key) for key in _TRAINING_KEYS}
+    parts["training"] = {key: training.get(key) for key in SDE_TRAINING_KEYS}
     return json.loads(json.dumps(parts, default=str))  # as it reads back (tuples become lists)
 
 

@@ -91,3 +91,22 @@ def cache_env(path) -> dict:
         "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
         "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
     }
+
+
+def initial_train_setup(config, mesh):
+    """(replicated initial TrainState, compiled-on-call train step) of config's model on mesh:
+    parameters from PRNGKey(0), the state's key from key(1), as score-jax's loop builds them."""
+    import jax
+
+    from score_jax import parallel
+    from score_jax.models import get_model, init_model
+    from score_jax.sde import get_sde
+    from score_jax.train.optimizer import get_optimizer
+    from score_jax.train.state import create_train_state
+    from score_jax.train.step import make_loss_fn, make_train_step
+
+    optimizer = get_optimizer(config)
+    loss_fn = make_loss_fn(config, get_sde(config), get_model(config).apply, train=True)
+    params = init_model(jax.random.PRNGKey(0), config)["params"]
+    state = parallel.replicate(create_train_state(params, optimizer, jax.random.key(1)), mesh)
+    return state, make_train_step(config, loss_fn, optimizer, mesh)

@@ -8,16 +8,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import REPO
+from conftest import REPO, initial_train_setup
 
 from score_jax import parallel
 from score_jax.config import load_config
 from score_jax.models import get_model, init_model
 from score_jax.models.kernels import model_kernels, resolve_kernels
-from score_jax.sde import get_sde
-from score_jax.train.optimizer import get_optimizer
-from score_jax.train.state import create_train_state
-from score_jax.train.step import make_loss_fn, make_train_step
 
 FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 SMALL_NCSNPP = [
@@ -159,11 +155,7 @@ def train_losses(kernels: str, steps: int = 20) -> np.ndarray:
         ["model.nf=8", "training.batch_size=8", "model.dropout=0.1", f"model.kernels={kernels}"],
     )
     mesh = parallel.make_mesh()
-    optimizer = get_optimizer(config)
-    loss_fn = make_loss_fn(config, get_sde(config), get_model(config).apply, train=True)
-    params = init_model(jax.random.PRNGKey(0), config)["params"]
-    state = parallel.replicate(create_train_state(params, optimizer, jax.random.key(1)), mesh)
-    train_step = make_train_step(config, loss_fn, optimizer, mesh)
+    state, train_step = initial_train_setup(config, mesh)
     images = np.random.default_rng(0).integers(0, 256, (steps, 1, 8, 8, 8, 1), np.uint8)
     losses = []
     for batch in images:

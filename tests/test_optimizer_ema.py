@@ -9,15 +9,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import REPO
+from conftest import REPO, initial_train_setup
 
 from score_jax import parallel
 from score_jax.config import load_config
-from score_jax.models import get_model, init_model
-from score_jax.sde import get_sde
 from score_jax.train.optimizer import get_optimizer
-from score_jax.train.state import create_train_state
-from score_jax.train.step import make_loss_fn, make_train_step
 
 # Gradients of three updates; the second has global norm 13 > grad_clip, the others are below it.
 GRADS = [np.array([0.3, -0.4]), np.array([5.0, 12.0]), np.array([-0.2, 0.1])]
@@ -103,11 +99,7 @@ def test_ema_of_the_real_train_step_equals_hand_computation(rule, rate):
     config.training.ema_rule = rule
     config.training.batch_size = 8
     mesh = parallel.make_mesh()
-    optimizer = get_optimizer(config)
-    loss_fn = make_loss_fn(config, get_sde(config), get_model(config).apply, train=True)
-    params = init_model(jax.random.PRNGKey(0), config)["params"]
-    state = parallel.replicate(create_train_state(params, optimizer, jax.random.key(1)), mesh)
-    train_step = make_train_step(config, loss_fn, optimizer, mesh)
+    state, train_step = initial_train_setup(config, mesh)
     points = np.random.default_rng(0).normal(size=(3, 1, 8, 2)).astype(np.float32)
 
     def host(tree):

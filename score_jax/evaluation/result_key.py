@@ -15,9 +15,9 @@ from typing import Any
 import jax
 import numpy as np
 
-# Training settings that change what a trained model computes or is scored with; the rest of
-# config.training (step counts, logging, checkpoint cadence) does not enter a result.
-_TRAINING_KEYS = ("sde", "continuous", "reduce_mean", "likelihood_weighting")
+from score_jax import parallel
+from score_jax.run_record import SDE_TRAINING_KEYS
+
 # Which checkpoints an eval covers does not change any one checkpoint's results.
 _EVAL_RANGE_KEYS = ("begin_ckpt", "end_ckpt")
 
@@ -29,7 +29,7 @@ def config_for_results(config) -> dict[str, Any]:
         "model": config.model.to_dict(),
         "data": config.data.to_dict(),
         "eval": {k: v for k, v in config.eval.to_dict().items() if k not in _EVAL_RANGE_KEYS},
-        "training": {k: training.get(k) for k in _TRAINING_KEYS},
+        "training": {k: training.get(k) for k in SDE_TRAINING_KEYS},
         "seed": config.get("seed"),
     }
 
@@ -37,8 +37,8 @@ def config_for_results(config) -> dict[str, Any]:
 def params_digest(params: Any) -> str:
     """sha256 of the parameters' paths, shapes, dtypes and bytes (host copies, in tree order)."""
     digest = hashlib.sha256()
-    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
-        array = np.asarray(jax.device_get(leaf))
+    # Replicated parameters of a multi-host run are not fully addressable: hash the local copy.
+    for path, array in jax.tree_util.tree_flatten_with_path(parallel.fetch_to_host(params))[0]:
         digest.update(f"{jax.tree_util.keystr(path)}{array.shape}{array.dtype}".encode())
         digest.update(np.ascontiguousarray(array).tobytes())
     return digest.hexdigest()

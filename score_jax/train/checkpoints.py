@@ -20,6 +20,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.sharding import Sharding, SingleDeviceSharding
 
+from score_jax.errors import first_line
 from score_jax.train.state import TrainState
 
 ITEMS = ("params", "ema_params", "opt_state", "extra")
@@ -145,11 +146,6 @@ class CheckpointError(ValueError):
     what is wrong, and which older checkpoints are intact."""
 
 
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {text[0][:200] if text else ''}"
-
-
 def unreadable_message(directory, step: int, problem: str, older: list[int]) -> str:
     """One paragraph for a user: the broken checkpoint, the problem, what is left to resume."""
     if older:
@@ -207,7 +203,7 @@ def _try_restore(manager, step: int, target: TrainState, sharding) -> TrainState
     except _Unreadable as err:
         return str(err)
     except Exception as err:  # noqa: BLE001 -- Orbax and tensorstore raise many kinds
-        return _first_line(err)
+        return first_line(err)
 
 
 def restore_state(
@@ -288,7 +284,7 @@ def restore_for_inference(
         except CheckpointMismatchError:
             raise
         except Exception as err:  # noqa: BLE001 -- Orbax and tensorstore raise many kinds
-            problem, directory = _first_line(err), manager.directory
+            problem, directory = first_line(err), manager.directory
     older = [s for s in steps if s < step]
     where = f" Older checkpoints: {older} (choose one with --step)." if older else ""
     raise CheckpointError(
