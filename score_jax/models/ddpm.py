@@ -91,6 +91,11 @@ class ResnetBlockDDPM(nn.Module):
         return x + h
 
 
+# model.remat: each block recomputed in the backward pass (train, argument 3, is static); the
+# parameter names are unchanged. Built once, not per block.
+_RematResnetBlockDDPM = nn.remat(ResnetBlockDDPM, static_argnums=(3,))
+
+
 class AttnBlock(nn.Module):
     """x + NIN_3(softmax attention over all H*W pixels of NIN q, k, v of GroupNorm(32)(x))."""
 
@@ -142,11 +147,8 @@ class _Parts:
     train: bool
 
     def resnet(self, h: jax.Array, out_ch: int, name: str) -> jax.Array:
-        block_cls = ResnetBlockDDPM
-        if self.config.model.get("remat", False):
-            # Recompute each block in the backward pass (train is static); names are unchanged.
-            block_cls = nn.remat(ResnetBlockDDPM, static_argnums=(3,))
-        block = block_cls(
+        remat = self.config.model.get("remat", False)
+        block = (_RematResnetBlockDDPM if remat else ResnetBlockDDPM)(
             out_ch, self.act, self.config.model.dropout, self.dtype, self.kernels, name=name
         )
         return block(h, self.temb, self.train)
