@@ -209,8 +209,12 @@ def run_cond_sample(
     samples = _batched(
         lambda k, a: sample(params, cls_params, k, *a), labels, config.eval.batch_size, seed
     )
-    logits = jax.jit(get_logits_fn(sde, classifier, cls_params))
-    predicted = np.argmax(logits(scaler(samples), jnp.zeros((len(samples),))), axis=-1)
+
+    @jax.jit
+    def clean_logits(cls_params, x):  # the parameters are an argument, not constants
+        return get_logits_fn(sde, classifier, cls_params)(x, jnp.zeros((x.shape[0],)))
+
+    predicted = np.argmax(clean_logits(cls_params, scaler(samples)), axis=-1)
     logging.info(
         "The classifier at t = 0 assigns %.1f%% of the samples to class %d.",
         100.0 * np.mean(predicted == label),
