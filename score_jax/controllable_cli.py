@@ -100,10 +100,10 @@ def read_mask(spec: str, images: np.ndarray) -> np.ndarray:
 
 
 def _score_setup(config, workdir, step):
+    from score_jax.checkpoints import restore_for_inference
     from score_jax.models import get_model, get_score_fn
     from score_jax.sampling import default_eps
     from score_jax.sde import get_sde
-    from score_jax.train.checkpoints import restore_for_inference
 
     step, params = restore_for_inference(workdir, config, step)
     sde, model = get_sde(config), get_model(config)
@@ -220,7 +220,7 @@ def run_cond_sample(
         100.0 * np.mean(predicted == label),
         label,
     )
-    from score_jax.train.images import image_grid
+    from score_jax.images import image_grid
 
     return _write(out, image_grid(samples), samples, step, f"class-{label}")
 

@@ -64,8 +64,8 @@ def exact_score_fn(sde, model, variables, train=False, continuous=True):
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     """Config file, a workdir with a (random, unused) MLP checkpoint at STEP, the test images."""
+    from score_jax.checkpoints import save_inference_checkpoint
     from score_jax.config import load_config
-    from score_jax.train.checkpoints import save_inference_checkpoint
 
     root = tmp_path_factory.mktemp("bpd_known")
     rng = np.random.default_rng(0)

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from conftest import REPO
 
+from score_jax import checkpoints
 from score_jax.config import load_config
 from score_jax.models.classifier import get_classifier
 from score_jax.sde import VPSDE
-from score_jax.train import checkpoints
 from score_jax.train.classifier import perturb, restore_classifier, train_classifier
 
 CONFIG = str(REPO / "configs" / "digits" / "classifier.py")

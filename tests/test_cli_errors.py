@@ -43,10 +43,10 @@ def test_eval_finds_the_digits_runs_checkpoint_whatever_n_iters(tmp_path, capsys
     official config whose range finds nothing says which steps exist and what works."""
     import jax
 
+    from score_jax.checkpoints import save_inference_checkpoint
     from score_jax.config import load_config
     from score_jax.evaluation.run import checkpoints_to_evaluate
     from score_jax.models import init_model
-    from score_jax.train.checkpoints import save_inference_checkpoint
 
     digits = str(REPO / "configs/digits/vp_ddpmpp.py")
     config = load_config(digits, ["training.n_iters=200", "model.nf=8"])

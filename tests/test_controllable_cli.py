@@ -9,9 +9,9 @@ from conftest import REPO
 from PIL import Image
 
 from score_jax import cli
+from score_jax.checkpoints import save_inference_checkpoint
 from score_jax.config import load_config
 from score_jax.models import init_model
-from score_jax.train.checkpoints import save_inference_checkpoint
 
 DIGITS = str(REPO / "configs" / "digits" / "vp_ddpmpp.py")
 CLASSIFIER = str(REPO / "configs" / "digits" / "classifier.py")

@@ -134,9 +134,9 @@ def e2e(tmp_path_factory, reference_dir):
     from conftest import REPO
     from sklearn.datasets import load_digits
 
+    from score_jax.checkpoints import save_inference_checkpoint
     from score_jax.config import load_config
     from score_jax.models import init_model
-    from score_jax.train.checkpoints import save_inference_checkpoint
 
     root = tmp_path_factory.mktemp("e2e")
     spec = importlib.util.spec_from_file_location(

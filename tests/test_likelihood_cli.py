@@ -119,10 +119,10 @@ def test_dataset_bpd_refuses_bad_data_and_changed_settings(setup, tmp_path):
 
 
 def test_cli_likelihood_on_toy_checkpoint(tmp_path, capsys):
+    from score_jax.checkpoints import save_inference_checkpoint
     from score_jax.cli import main
     from score_jax.config import load_config
     from score_jax.models import init_model
-    from score_jax.train.checkpoints import save_inference_checkpoint
 
     overrides = [
         "--config.data.mixture.num_test=24",

@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 from conftest import cache_env
 
+from score_jax import checkpoints
 from score_jax.config import load_config
-from score_jax.train import checkpoints, loop
+from score_jax.train import loop
 
 pytestmark = pytest.mark.usefixtures("compilation_cache")
 

@@ -58,9 +58,9 @@ def test_cli_nfe_report_on_toy_checkpoint(tmp_path, capsys):
     """Untrained MLP: its samples are far from the data, the training split is not, so the data
     row is small and lies well below every sampler's. Every setting counts
     the NFE it was asked for, and a rerun reuses the finished settings."""
+    from score_jax.checkpoints import save_inference_checkpoint
     from score_jax.cli import main
     from score_jax.models import init_model
-    from score_jax.train.checkpoints import save_inference_checkpoint
 
     overrides = ["--config.data.mixture.num_test=200"]
     save_inference_checkpoint(tmp_path, 3, init_model(jax.random.PRNGKey(0), _toy())["params"])

@@ -6,12 +6,11 @@ import jax
 import numpy as np
 import pytest
 
-from score_jax import parallel
+from score_jax import checkpoints, parallel
 from score_jax.config import load_config
 from score_jax.models.mlp import MLP, example_input_shape
-from score_jax.train import checkpoints
+from score_jax.state import create_train_state
 from score_jax.train.optimizer import get_optimizer
-from score_jax.train.state import create_train_state
 
 CONFIG = "configs/toy/mixture_vp.py"
 

@@ -8,9 +8,9 @@ import jax
 import numpy as np
 import pytest
 
-from score_jax import cli
+from score_jax import checkpoints, cli
 from score_jax.config import load_config
-from score_jax.train import checkpoints, loop
+from score_jax.train import loop
 
 pytestmark = pytest.mark.usefixtures("compilation_cache")
 

@@ -24,9 +24,10 @@ import numpy as np
 import pytest
 from conftest import cache_env
 
+from score_jax import checkpoints
 from score_jax.config import load_config
 from score_jax.errors import EXIT_PREEMPTED
-from score_jax.train import checkpoints, loop
+from score_jax.train import loop
 
 pytestmark = pytest.mark.usefixtures("compilation_cache")
 

@@ -280,8 +280,8 @@ def run_likelihood(config, workdir: str | Path, split: str, step: int | None = N
     `result_key` of the config, step and parameters, so a run with another SDE, model, data or
     evaluation setting computes its own results instead of reading these.
     """
+    from score_jax.checkpoints import restore_for_inference
     from score_jax.evaluation.result_key import result_key
-    from score_jax.train.checkpoints import restore_for_inference
 
     step, params = restore_for_inference(workdir, config, step)
     root = Path(workdir) / "likelihood"

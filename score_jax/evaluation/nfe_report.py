@@ -178,9 +178,9 @@ def nfe_report(
     batch_size: int | None = None,
 ) -> dict:
     """Runs every setting of `samplers` (see the module docstring); returns the report dict."""
+    from score_jax.checkpoints import restore_for_inference
     from score_jax.evaluation.plot import save_line_plot
     from score_jax.models import get_model
-    from score_jax.train.checkpoints import restore_for_inference
 
     if num < 2:
         raise ValueError(f"--num must be at least 2, got {num}")

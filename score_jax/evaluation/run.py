@@ -60,7 +60,7 @@ def _cached(path: Path, compute) -> dict:
 def checkpoints_to_evaluate(config, workdir: str | Path) -> list[int]:
     """Steps of the existing checkpoints numbered begin_ckpt..end_ckpt (checkpoint n is step
     n * training.snapshot_freq); with both None, the latest checkpoint."""
-    from score_jax.train.checkpoints import checkpoint_dir, list_steps
+    from score_jax.checkpoints import checkpoint_dir, list_steps
 
     freq = config.training.snapshot_freq
     begin, end = config.eval.begin_ckpt, config.eval.end_ckpt
@@ -256,9 +256,9 @@ def format_summary(reports: dict[int, dict]) -> str:
 def _report_of(config, workdir, step: int, eval_dir: Path, mesh, tools) -> dict:
     """The saved report of this checkpoint if it was made with these settings and weights (the
     same `result_key`), else a new evaluation, saved."""
+    from score_jax.checkpoints import restore_for_inference
     from score_jax.evaluation.result_key import result_key
     from score_jax.evaluation.sample import place_params
-    from score_jax.train.checkpoints import restore_for_inference
 
     _, params = restore_for_inference(workdir, config, step)
     key = result_key(config, step, params)

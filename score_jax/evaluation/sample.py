@@ -82,7 +82,7 @@ def place_params(params: Any, mesh: jax.sharding.Mesh) -> Any:
 
 def save_grid(images_uint8: np.ndarray, path: str | Path) -> Path:
     """The first GRID_SAMPLES images as one PNG grid."""
-    from score_jax.train.images import save_samples_png
+    from score_jax.images import save_samples_png
 
     pictures = images_uint8[:GRID_SAMPLES].astype(np.float32) / 255.0
     upscale = max(1, 64 // pictures.shape[1])
@@ -110,7 +110,7 @@ def sample_to_file(config, workdir: str | Path, num: int, out: str | Path, step=
     The .npz (`sample_paths(out)`) holds 'samples' uint8 [num, H, W, C]; a PNG grid goes beside
     it. Rounds of `sampling_batch_size` samples are drawn until `num` are there.
     """
-    from score_jax.train.checkpoints import restore_for_inference
+    from score_jax.checkpoints import restore_for_inference
 
     if num < 1:
         raise ValueError(f"--num must be positive, got {num}.")

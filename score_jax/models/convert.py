@@ -223,7 +223,7 @@ def convert_checkpoint(config: ml_collections.ConfigDict, checkpoint: str, workd
     Both the raw (`params`) and EMA (`ema_params`) weights are written when the file has both;
     a bare state_dict is written as both.
     """
-    from score_jax.train.checkpoints import save_inference_checkpoint
+    from score_jax.checkpoints import save_inference_checkpoint
 
     loaded = load_torch_checkpoint(checkpoint)
     if not isinstance(loaded, Mapping):

@@ -24,15 +24,14 @@ from jax import lax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from score_jax import parallel
+from score_jax import checkpoints, parallel
 from score_jax.models.classifier import get_classifier, init_classifier
 from score_jax.parallel import DATA_AXIS
 from score_jax.sde import SDE, batch_broadcast, get_sde
-from score_jax.train import checkpoints
+from score_jax.state import TrainState, create_train_state
 from score_jax.train.loop import _StopSignal, check_training_config, host_batches
 from score_jax.train.metrics import MetricsWriter
 from score_jax.train.optimizer import ema_decay, get_optimizer, update_ema
-from score_jax.train.state import TrainState, create_train_state
 from score_jax.train.step import make_preprocess
 
 log = logging.getLogger(__name__)

@@ -30,14 +30,13 @@ import jax
 import ml_collections
 import numpy as np
 
-from score_jax import parallel, run_record
+from score_jax import checkpoints, parallel, run_record
 from score_jax.errors import TrainingPreempted
 from score_jax.sde import get_sde
-from score_jax.train import checkpoints
+from score_jax.state import TrainState, create_train_state
 from score_jax.train.metrics import MetricsWriter
 from score_jax.train.optimizer import get_optimizer
 from score_jax.train.snapshots import make_snapshot_sampler
-from score_jax.train.state import TrainState, create_train_state
 from score_jax.train.step import make_eval_step, make_loss_fn, make_train_step
 
 log = logging.getLogger(__name__)

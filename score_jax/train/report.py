@@ -17,8 +17,8 @@ import jax
 import ml_collections
 import numpy as np
 
+from score_jax.images import save_samples_png
 from score_jax.train.baseline import gaussian_baseline_bpd
-from score_jax.train.images import save_samples_png
 
 log = logging.getLogger(__name__)
 NUM_SAMPLES = 64

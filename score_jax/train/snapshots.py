@@ -18,9 +18,9 @@ import ml_collections
 import numpy as np
 
 from score_jax.data.preprocess import get_inverse_scaler
+from score_jax.images import save_samples_png
 from score_jax.models.score_fn import get_score_fn
 from score_jax.sde import SDE
-from score_jax.train.images import save_samples_png
 
 log = logging.getLogger(__name__)
 NUM_SNAPSHOT_SAMPLES = 64

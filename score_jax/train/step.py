@@ -28,8 +28,8 @@ from score_jax.losses import Loss, get_loss_fn
 from score_jax.models.kernels import model_kernels
 from score_jax.parallel import DATA_AXIS, padded_batch_size
 from score_jax.sde import SDE
+from score_jax.state import TrainState
 from score_jax.train.optimizer import ema_decay, update_ema
-from score_jax.train.state import TrainState
 
 Batch = Mapping[str, jax.Array]
 # preprocess(raw images [b, ...], key) -> float model inputs [b, ...].

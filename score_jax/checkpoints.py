@@ -21,7 +21,7 @@ import orbax.checkpoint as ocp
 from jax.sharding import Sharding, SingleDeviceSharding
 
 from score_jax.errors import first_line
-from score_jax.train.state import TrainState
+from score_jax.state import TrainState
 
 ITEMS = ("params", "ema_params", "opt_state", "extra")
 DEFAULT_KEEP = 2
