@@ -3,6 +3,10 @@
 A config file is a Python file with `get_config() -> ConfigDict`. Overrides name an existing
 dotted key; a key that does not exist, or a value of the wrong type, is refused with the key
 named, so a typo never silently trains the wrong model.
+
+The configs shipped with the package (the repository's `configs/` folder, installed beside
+`score_jax`) resolve from any working directory: `--config configs/digits/vp_ddpmpp.py` names the
+shipped file whenever no such file exists relative to the working directory.
 """
 
 from __future__ import annotations
@@ -20,11 +24,31 @@ class ConfigError(ValueError):
     """A config file or override that cannot be used as given."""
 
 
-def load_config_file(path: str | Path) -> ml_collections.ConfigDict:
-    """Imports `path` and returns its `get_config()`."""
+# The repository's configs/ folder; a non-editable install puts it beside score_jax too.
+SHIPPED_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+
+
+def resolve_config_path(path: str | Path) -> Path:
+    """`path` if it names a file; else, for `configs/...`, the shipped config of that name."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"Config file not found: {path} (expected a .py file with get_config()).")
+    if path.is_file():
+        return path
+    parts = path.parts
+    if not path.is_absolute() and parts and parts[0] == "configs":
+        shipped = SHIPPED_CONFIGS.joinpath(*parts[1:])
+        if shipped.is_file():
+            return shipped
+    looked = f"relative to {Path.cwd()}"
+    if not path.is_absolute():
+        looked += f" and, for configs/..., among the shipped configs in {SHIPPED_CONFIGS}"
+    raise ConfigError(
+        f"Config file not found: {path} (expected a .py file with get_config(); looked {looked})."
+    )
+
+
+def load_config_file(path: str | Path) -> ml_collections.ConfigDict:
+    """Imports `path` (see `resolve_config_path`) and returns its `get_config()`."""
+    path = resolve_config_path(path)
     name = f"_score_jax_config_{abs(hash(str(path.resolve())))}"
     if path.suffix != ".py":
         raise ConfigError(

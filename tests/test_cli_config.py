@@ -1,12 +1,15 @@
 """Config loading with overrides, and the command line's help and bad-input paths."""
 
+import os
+import shutil
 import subprocess
 import sys
 import textwrap
 
 import pytest
+from conftest import REPO
 
-from score_jax.config import ConfigError, load_config
+from score_jax.config import ConfigError, load_config, resolve_config_path
 
 CONFIG = textwrap.dedent(
     """
@@ -67,6 +70,56 @@ def test_bad_overrides_name_the_key(config_file, override, message):
 def test_missing_config_file(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "nope.py")
+
+
+def test_shipped_configs_resolve_from_any_directory(tmp_path, monkeypatch):
+    """`configs/...` names the shipped file when the working directory has no such file."""
+    monkeypatch.chdir(tmp_path)
+    assert (
+        resolve_config_path("configs/digits/vp_ddpmpp.py") == REPO / "configs/digits/vp_ddpmpp.py"
+    )
+    config = load_config("configs/ve/cifar10_ncsnpp_continuous.py", ["model.nf=64"])
+    assert config.model.name == "ncsnpp" and config.model.nf == 64
+    assert config.model.sigma_max == 50 and config.training.continuous is True
+    with pytest.raises(ConfigError, match="shipped configs in"):
+        load_config("configs/digits/nope.py")
+    # A file of that name in the working directory wins: it is what the user pointed at.
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "mine.py").write_text(CONFIG)
+    assert load_config("configs/mine.py").training.batch_size == 128
+
+
+def test_non_editable_install_ships_the_configs(tmp_path):
+    """A real (non-editable) install resolves `--config configs/...` from another directory.
+
+    Builds the wheel from a copy of the sources (no build/ folder in the checkout) and installs
+    it with --target; the dependencies come from the running environment.
+    """
+    source = tmp_path / "src"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, source / name)
+    ignore = shutil.ignore_patterns("__pycache__", "*.egg-info")
+    for name in ("score_jax", "configs"):
+        shutil.copytree(REPO / name, source / name, ignore=ignore)
+    target = tmp_path / "site"
+    pip = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation"]
+    _check(_run(*pip, "--target", str(target), str(source)))
+    probe = (
+        "import score_jax.config as c; "
+        "config = c.load_config('configs/digits/vp_ddpmpp.py'); "
+        "print(c.resolve_config_path('configs/digits/vp_ddpmpp.py'), config.data.dataset)"
+    )
+    env = {**os.environ, "PYTHONPATH": str(target)}
+    result = subprocess.run(
+        [sys.executable, "-c", probe], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    _check(result)
+    assert result.stdout.split() == [str(target / "configs/digits/vp_ddpmpp.py"), "DIGITS"]
+
+
+def _check(result: subprocess.CompletedProcess) -> None:
+    assert result.returncode == 0, result.stderr[-2000:]
 
 
 def _run(*args):
