@@ -192,25 +192,26 @@ def log_likelihood(
     )
 
 
-def bpd_offset(inverse_scaler: Callable[[float], float]) -> float:
-    """The official offset 7 - inverse_scaler(-1): 8 for data in [0, 1], 7 for data in [-1, 1].
+def bpd_offset(inverse_scaler: Callable[[float], float], levels: int = 256) -> float:
+    """The offset log2(levels) - 1 - inverse_scaler(-1); for 8-bit data the official
+    7 - inverse_scaler(-1): 8 for data in [0, 1], 7 for data in [-1, 1].
 
-    It converts a density on the model's data space into bits per dimension of the 8-bit data:
-    an image in [0, 1] is k / 256 up to dequantization, so a density on [0, 1]^D is 256^D times
-    smaller per unit than one on the 8-bit grid (8 bits per dimension); data centred to [-1, 1]
-    spans twice the width, which gives back one bit (7).
+    It converts a density on the model's data space into bits per dimension of the quantized
+    data: an image in [0, 1] is k / levels up to dequantization, so a density on [0, 1]^D is
+    levels^D times smaller per unit than one on the grid of levels (log2(levels) bits per
+    dimension); data centred to [-1, 1] spans twice the width, which gives back one bit.
     """
-    return 7.0 - float(inverse_scaler(-1.0))
+    return math.log2(levels) - 1.0 - float(inverse_scaler(-1.0))
 
 
 def bits_per_dim(logp_nats: jax.Array, x_shape: Sequence[int], offset: float) -> jax.Array:
     """bits/dim [B] = -logp / ln 2 / D + offset, with D = prod(x_shape[1:]).
 
     x_shape is the shape of the batch the log-likelihoods belong to, batch axis first. With
-    data uniformly dequantized from 8 bits, x = scaler((k + u) / 256), u ~ U[0, 1)^D, and the
+    data uniformly dequantized from L levels, x = scaler((k + u) / L), u ~ U[0, 1)^D, and the
     offset of `bpd_offset`, the result is the number of bits per dimension a code built from the
     model would spend on the discrete image k; its mean over u is an upper bound on
-    -log2 P(k) / D (Jensen), the number reported in the paper.
+    -log2 P(k) / D (Jensen), the number reported in the paper (L = 256).
     """
     logp_nats = jnp.asarray(logp_nats)
     x_shape = tuple(x_shape)
@@ -223,11 +224,16 @@ def bits_per_dim(logp_nats: jax.Array, x_shape: Sequence[int], offset: float) ->
     return -logp_nats / math.log(2.0) / dim + offset
 
 
-@jax.jit
+@functools.partial(jax.jit, static_argnames="levels")
 def dequantize(
-    key: jax.Array, images: jax.Array, example_ids: jax.Array, repeat: int | jax.Array = 0
+    key: jax.Array,
+    images: jax.Array,
+    example_ids: jax.Array,
+    repeat: int | jax.Array = 0,
+    levels: int = 256,
 ) -> jax.Array:
-    """Uniform dequantization of uint8 images [B, ...] to (k + u) / 256 in [0, 1), float32.
+    """Uniform dequantization of uint8 images [B, ...] of `levels` levels to (k + u) / levels
+    in [0, 1), float32 (k + u) / 256 for 8-bit data; see `score_jax.data.to_float`.
 
     The noise of example i in pass `repeat` comes from fold_in(fold_in(key, repeat), i), with i
     the example's index in the dataset (example_ids [B]), so it is the same whatever batch, device
@@ -240,7 +246,7 @@ def dequantize(
         raise ValueError(f"dequantize expects uint8 images, got dtype {images.dtype}")
     pass_key = jax.random.fold_in(key, repeat)
     keys = jax.vmap(lambda i: jax.random.fold_in(pass_key, i))(jnp.asarray(example_ids))
-    return jax.vmap(lambda k, im: to_float(im, k, dequantize=True))(keys, images)
+    return jax.vmap(lambda k, im: to_float(im, k, dequantize=True, levels=levels))(keys, images)
 
 
 def check_unit_range(images: np.ndarray, name: str = "images") -> None:

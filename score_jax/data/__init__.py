@@ -30,6 +30,7 @@ __all__ = [
     "host_batches",
     "num_examples",
     "prefetch_to_mesh",
+    "quantization_levels",
     "stack_batches",
     "to_float",
 ]
@@ -138,6 +139,24 @@ def num_examples(config, split: str) -> int:
 
         return tfds_num_examples(config, split)  # from the metadata, without opening the data
     return len(get_source(config, split))
+
+
+def quantization_levels(config) -> int | None:
+    """The number of levels a pixel of config.data.dataset takes (None: continuous data).
+
+    Stored uint8 value x is level k = round(x * (levels - 1) / 255). Dequantization maps k to
+    (k + u) / levels and bits/dim are counted on that grid (`score_jax.likelihood.bpd_offset`),
+    so a model is scored against the data's own quantization: 256 for 8-bit image datasets,
+    17 for the built-in digits at their native 8x8 size (pixel values 0..16).
+    """
+    name = config.data.dataset
+    if name == "MIXTURE":
+        return None
+    if name == "DIGITS" and config.data.image_size == 8:
+        from score_jax.data.digits import NUM_LEVELS
+
+        return NUM_LEVELS
+    return 256
 
 
 def get_dataset(

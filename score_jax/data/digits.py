@@ -3,7 +3,9 @@
 Pixel values 0..16 map to uint8 by round(v * 255 / 16), so level 16 is 255 and the 17 levels
 are spread over the full range. A fixed permutation (numpy seed 0) puts the last 297 digits in
 the 'test' split and the first 1500 in 'train', whatever the config. Images stay 8x8x1 unless
-config.data.image_size asks for another size (antialiased bilinear resize).
+config.data.image_size asks for another size (antialiased bilinear resize). At 8x8 the data have
+NUM_LEVELS = 17 quantization levels (`score_jax.data.quantization_levels`); resized digits take
+any 8-bit value and count as 256-level data.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from score_jax.data.preprocess import resize
 from score_jax.data.source import ArraySource, check_split
 
 NUM_TEST = 297
+# Pixel values 0..16: the quantization levels of the digits at their native 8x8 size.
+NUM_LEVELS = 17
 
 
 @functools.cache

@@ -10,6 +10,7 @@ pixel values are not bit-identical to TensorFlow's.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable
 
 import jax
@@ -19,22 +20,34 @@ from PIL import Image
 
 
 def to_float(
-    images: jax.Array, key: jax.Array | None = None, dequantize: bool = False
+    images: jax.Array,
+    key: jax.Array | None = None,
+    dequantize: bool = False,
+    levels: int = 256,
 ) -> jax.Array:
-    """uint8 images -> float32 in [0, 1]: x / 255, or (x + U[0, 1)) / 256 when `dequantize`.
+    """uint8 images -> float32 in [0, 1]: k / (levels - 1), or (k + U[0, 1)) / levels when
+    `dequantize`, where k = round(x * (levels - 1) / 255) is the pixel's quantization level.
 
-    Float input (toy continuous data) passes through as float32. Shapes are unchanged.
+    `levels` is the dataset's number of quantization levels (`quantization_levels`), stored
+    evenly over 0..255; with 256 (8-bit data) k = x, which gives x / 255 and the official
+    (x + u) / 256. Float input (toy continuous data) passes through as float32. Shapes are
+    unchanged.
     """
     images = jnp.asarray(images)
     if jnp.issubdtype(images.dtype, jnp.floating):
         return images.astype(jnp.float32)
-    x = images.astype(jnp.float32)
+    levels = operator.index(levels)  # a Python or numpy integer: it sets the grid statically
+    if not 2 <= levels <= 256:
+        raise ValueError(f"levels must be an integer in [2, 256], got {levels!r}")
+    # (levels - 1) / 255 is exactly 1 for 8-bit data, so k = x bit for bit there.
+    k = jnp.round(images.astype(jnp.float32) * ((levels - 1) / 255.0))
     if not dequantize:
-        return x / 255.0
+        return k / float(levels - 1)
     if key is None:
         raise ValueError("to_float(dequantize=True) needs a PRNG `key` for the uniform noise.")
-    # The official rule (U + 255 * x01) / 256 maps level k to [k/256, (k+1)/256).
-    return (x + jax.random.uniform(key, x.shape, jnp.float32)) / 256.0
+    # The official rule (U + 255 * x01) / 256 maps level k to [k/256, (k+1)/256); any number of
+    # levels L maps k to [k/L, (k+1)/L), so the L bins tile [0, 1).
+    return (k + jax.random.uniform(key, k.shape, jnp.float32)) / float(levels)
 
 
 def get_scaler(config) -> Callable[[jax.Array], jax.Array]:

@@ -1,9 +1,12 @@
 """Bits/dim of a dataset split under a score model (`score-jax likelihood`), sharded and resumable.
 
-As the official evaluation: the split is read in order, 8-bit images are uniformly dequantized
-(x = (k + u) / 256, always, whatever config.data.uniform_dequantization says), scaled, and
-their probability-flow log-likelihood turned into bits/dim with offset 7 - inverse_scaler(-1);
-the whole split is evaluated `config.eval.bpd_repeats` times with fresh noise (official: 5).
+As the official evaluation: the split is read in order, images are uniformly dequantized on the
+dataset's own grid of L levels (x = (k + u) / L, always, whatever
+config.data.uniform_dequantization says; L = 256 for 8-bit data, 17 for the digits: see
+`score_jax.data.quantization_levels`), scaled, and their probability-flow log-likelihood turned
+into bits/dim with offset log2(L) - 1 - inverse_scaler(-1) (the official 7 - inverse_scaler(-1)
+for 8-bit data); the whole split is evaluated `config.eval.bpd_repeats` times with fresh
+noise (official: 5).
 Float image data must already lie in [0, 1] and is refused otherwise; the toy MIXTURE data are
 continuous points, reported with offset 0 (plain -log2 p / D).
 
@@ -59,8 +62,10 @@ def make_bpd_step(
     rtol: float = 1e-5,
     atol: float = 1e-5,
     eps: float = 1e-5,
+    levels: int = 256,
 ) -> BpdStep:
-    """One jitted program: dequantize (uint8 images only), scale, solve, bits/dim of a batch.
+    """One jitted program: dequantize (uint8 images only, `levels` levels), scale, solve,
+    bits/dim of a batch.
 
     score_fn_builder(params) -> score_fn is called inside the program, so the parameters are
     arguments, not constants. Inputs are sharded over "data"; the outputs are replicated, so
@@ -71,7 +76,10 @@ def make_bpd_step(
 
     def step(params, images, ids, mask, key, repeat):
         dequant_key, probe_key = jax.random.split(key)
-        x = dequantize(dequant_key, images, ids, repeat) if images.dtype == jnp.uint8 else images
+        if images.dtype == jnp.uint8:
+            x = dequantize(dequant_key, images, ids, repeat, levels=levels)
+        else:
+            x = images
         x = scaler(x.astype(jnp.float32))
         noise = None
         if hutchinson != "exact":
@@ -198,8 +206,9 @@ def _summarise(results: list[dict], repeats: int) -> dict:
     }
 
 
-def _config_bpd_step(config, mesh: jax.sharding.Mesh, continuous: bool) -> BpdStep:
-    """make_bpd_step for config's SDE, model, scaler and bits/dim offset (none for raw points)."""
+def _config_bpd_step(config, mesh: jax.sharding.Mesh, levels: int | None) -> BpdStep:
+    """make_bpd_step for config's SDE, model, scaler and the bits/dim offset of the data's
+    `levels` (none for raw points, levels None)."""
     from score_jax.data import get_inverse_scaler, get_scaler
     from score_jax.models import get_model, get_score_fn
     from score_jax.sde import get_sde
@@ -214,8 +223,9 @@ def _config_bpd_step(config, mesh: jax.sharding.Mesh, continuous: bool) -> BpdSt
         sde,
         mesh,
         scaler=get_scaler(config),
-        offset=0.0 if continuous else bpd_offset(get_inverse_scaler(config)),
+        offset=0.0 if levels is None else bpd_offset(get_inverse_scaler(config), levels),
         hutchinson=config.eval.bpd_hutchinson,
+        levels=levels or 256,
     )
 
 
@@ -234,15 +244,16 @@ def bpd_from_config(
     The training loop and `score-jax eval` call this with their parameters; `step` only enters
     the noise keys, so that different checkpoints see different (but reproducible) noise.
     """
-    from score_jax.data import get_dataset
+    from score_jax.data import get_dataset, quantization_levels
 
     mesh = parallel.make_mesh() if mesh is None else mesh
     # Any eval.batch_size on any number of devices (one process): the batch is rounded up to a
     # multiple of the devices, the last one padded and masked. Per-example noise keys keep the
     # result independent of the batch size, up to the adaptive ODE solver's tolerance.
     batch_size = parallel.padded_batch_size(config.eval.batch_size, mesh, "eval.batch_size")
-    continuous = config.data.dataset == "MIXTURE"  # raw points: no 8-bit grid, no offset
-    bpd_step = _config_bpd_step(config, mesh, continuous)
+    levels = quantization_levels(config)
+    continuous = levels is None  # raw points: no grid, no offset
+    bpd_step = _config_bpd_step(config, mesh, levels)
     dataset = get_dataset(config, split, batch_size=batch_size, shuffle=False, seed=0,
                           num_epochs=1, drop_remainder=False)  # fmt: skip
     key = jax.random.fold_in(jax.random.PRNGKey(config.seed + 2), step)
@@ -265,10 +276,16 @@ def bpd_from_config(
             "step": step,
             "centered": config.data.centered,
             "image_size": config.data.get("image_size"),
+            "levels": levels,
         },
         progress=progress and jax.process_index() == 0,
     )
-    result.update(split=split, hutchinson=config.eval.bpd_hutchinson, continuous_data=continuous)
+    result.update(
+        split=split,
+        hutchinson=config.eval.bpd_hutchinson,
+        continuous_data=continuous,
+        levels=levels,
+    )
     return result
 
 

@@ -1,4 +1,4 @@
-"""The data-parallel training and evaluation steps, compiled whole.
+"""The data-parallel training step, compiled whole.
 
 A step's randomness (dequantization noise, diffusion times and Gaussian noise) is drawn for the
 global batch from fold_in(rng, step), outside the per-device code, and sharded like the batch:
@@ -20,79 +20,18 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 from jax import lax
-from jax.sharding import Mesh, NamedSharding
+from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
-from score_jax.data.preprocess import get_scaler, to_float
-from score_jax.losses import Loss, get_loss_fn
+from score_jax.losses import Loss
 from score_jax.models.kernels import model_kernels
+from score_jax.objective import device_loss, draw_inputs, make_preprocess, padding_weights
 from score_jax.parallel import DATA_AXIS, padded_batch_size
-from score_jax.sde import SDE
 from score_jax.state import TrainState
 from score_jax.train.optimizer import ema_decay, update_ema
 
 Batch = Mapping[str, jax.Array]
-# preprocess(raw images [b, ...], key) -> float model inputs [b, ...].
-Preprocess = Callable[[jax.Array, jax.Array], jax.Array]
 StepMetrics = tuple[jax.Array, jax.Array]
-
-
-def make_loss_fn(config: ml_collections.ConfigDict, sde: SDE, apply_fn, train: bool) -> Loss:
-    """The config's objective (continuous DSM, SMLD or DDPM) for a network's apply function."""
-    return get_loss_fn(
-        sde,
-        apply_fn,
-        train=train,
-        reduce_mean=config.training.reduce_mean,
-        continuous=config.training.continuous,
-        likelihood_weighting=config.training.likelihood_weighting,
-    )
-
-
-def make_preprocess(config: ml_collections.ConfigDict) -> Preprocess:
-    """Raw dataset images -> model inputs: to [0, 1] (dequantized if configured), then scaled."""
-    scaler = get_scaler(config)
-    dequantize = bool(config.data.uniform_dequantization)
-    return lambda images, key: scaler(to_float(images, key, dequantize))
-
-
-def _draw_inputs(loss_fn: Loss, preprocess: Preprocess, mesh: Mesh, key, images):
-    """Model inputs, the loss's noise and a dropout key for a global batch [B, ...]."""
-    k_data, k_noise, k_dropout = jax.random.split(key, 3)
-    batch_sharded = NamedSharding(mesh, P(DATA_AXIS))
-    x = lax.with_sharding_constraint(preprocess(images, k_data), batch_sharded)
-    noise = loss_fn.draw_noise(k_noise, x)
-    noise = jax.tree.map(lambda a: lax.with_sharding_constraint(a, batch_sharded), noise)
-    return x, noise, k_dropout
-
-
-def _device_loss(loss_fn: Loss, params, x, noise, dropout_key, weights=None) -> jax.Array:
-    """This device's mean loss; its dropout key is made distinct per device.
-
-    With `weights` [B_device] (0 for padding rows, n_devices / B_real for real ones) it is the
-    weighted sum instead, whose pmean is the mean over the real rows of the global batch."""
-    dropout_key = jax.random.fold_in(dropout_key, lax.axis_index(DATA_AXIS))
-    loss, aux = loss_fn.compute(params, {"image": x}, noise, dropout_key)
-    return loss if weights is None else jnp.sum(aux["per_example"] * weights)
-
-
-def row_weights(real_rows: int, padded_rows: int, n_devices: int) -> jax.Array:
-    """[padded_rows] weights of a batch whose last rows are padding: n_devices / real_rows for
-    the real rows, 0 for the padding."""
-    scale = n_devices / real_rows
-    return jnp.where(jnp.arange(padded_rows) < real_rows, scale, 0.0).astype(jnp.float32)
-
-
-def _weights_of(images: jax.Array, real: int, padded: int, mesh: Mesh) -> tuple:
-    """(row_weights,) for a configured batch the devices cannot split, else () (plain mean)."""
-    if padded == real:
-        return ()
-    if images.shape[0] != padded:
-        raise ValueError(
-            f"A batch of {real} on {mesh.devices.size} devices runs as {padded} rows (padded); "
-            f"got {images.shape[0]} (use parallel.padded_batch_to_global)."
-        )
-    return (row_weights(real, padded, mesh.devices.size),)
 
 
 def _global_loss_and_grads(
@@ -106,12 +45,12 @@ def _global_loss_and_grads(
     own gradient is averaged explicitly.
     """
 
-    def device_loss(p):
-        return _device_loss(loss_fn, p, x, noise, dropout_key, weights)
+    def this_device_loss(p):
+        return device_loss(loss_fn, p, x, noise, dropout_key, weights)
 
     if check_vma:
-        return jax.value_and_grad(lambda p: lax.pmean(device_loss(p), DATA_AXIS))(params)
-    loss, grads = jax.value_and_grad(device_loss)(params)
+        return jax.value_and_grad(lambda p: lax.pmean(this_device_loss(p), DATA_AXIS))(params)
+    loss, grads = jax.value_and_grad(this_device_loss)(params)
     return lax.pmean(loss, DATA_AXIS), lax.pmean(grads, DATA_AXIS)
 
 
@@ -181,38 +120,11 @@ def make_train_step(
 
     def one_step(state: TrainState, images: jax.Array):
         step_key = jax.random.fold_in(state.rng, state.step)
-        x, noise, dropout_key = _draw_inputs(loss_fn, preprocess, mesh, step_key, images)
-        weights = _weights_of(images, real, padded, mesh)
+        x, noise, dropout_key = draw_inputs(loss_fn, preprocess, mesh, step_key, images)
+        weights = padding_weights(images, real, padded, mesh)
         return update(state, x, noise, dropout_key, *weights)
 
     def steps(state, images):
         return _run_steps(one_step, state, images, unroll)
 
     return jax.jit(steps, donate_argnums=(0,))
-
-
-def make_eval_step(
-    config: ml_collections.ConfigDict, loss_fn: Loss, mesh: Mesh
-) -> Callable[[Any, jax.Array, jax.Array], jax.Array]:
-    """jit(params, images [B_global, ...], key) -> global mean loss, without gradients."""
-    preprocess = make_preprocess(config)
-    real = config.eval.batch_size
-    padded = padded_batch_size(real, mesh, "eval.batch_size")
-
-    def device_eval(params, x, noise, dropout_key, *weights):
-        loss = _device_loss(loss_fn, params, x, noise, dropout_key, *weights)
-        return lax.pmean(loss, DATA_AXIS)
-
-    mapped = jax.shard_map(
-        device_eval,
-        mesh=mesh,
-        in_specs=(P(), P(DATA_AXIS), P(DATA_AXIS), P(), *([P(DATA_AXIS)] * (padded != real))),
-        out_specs=P(),
-        check_vma=model_kernels(config) == "xla",
-    )
-
-    def eval_step(params, images, key):
-        inputs = _draw_inputs(loss_fn, preprocess, mesh, key, images)
-        return mapped(params, *inputs, *_weights_of(images, real, padded, mesh))
-
-    return jax.jit(eval_step)
