@@ -18,9 +18,13 @@ import jax
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 from jax.sharding import Sharding, SingleDeviceSharding
 
 from score_jax.errors import first_line
+from score_jax.models import init_model
+from score_jax.models.convert import read_official_checkpoint
+from score_jax.parallel import make_mesh, replicated
 from score_jax.state import TrainState
 
 ITEMS = ("params", "ema_params", "opt_state", "extra")
@@ -247,8 +251,6 @@ def set_aside(manager: ocp.CheckpointManager, steps: list[int]) -> None:
             (directory / str(step)).rename(destination)
             logging.warning("Moved unreadable checkpoint step %d to %s.", step, destination)
     if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
         multihost_utils.sync_global_devices("score_jax_set_aside_checkpoints")
     manager.reload()
 
@@ -256,7 +258,6 @@ def set_aside(manager: ocp.CheckpointManager, steps: list[int]) -> None:
 def _inference_sharding() -> Sharding:
     if jax.process_count() == 1:
         return SingleDeviceSharding(jax.local_devices()[0])
-    from score_jax.parallel import make_mesh, replicated
 
     return replicated(make_mesh())
 
@@ -265,8 +266,6 @@ def restore_for_inference(
     workdir: str | Path, config: ml_collections.ConfigDict, step: int | None = None
 ) -> tuple[int, Any]:
     """(step, EMA parameters) of the checkpoint at `step` (default: latest) in `workdir`."""
-    from score_jax.models import init_model
-
     steps = list_steps(workdir)
     if not steps:
         raise FileNotFoundError(f"No checkpoint found in {checkpoint_dir(workdir)}.")
@@ -295,3 +294,14 @@ def restore_for_inference(
 def as_numpy(tree: Any) -> Any:
     """Host copies of a restored (replicated) pytree."""
     return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), tree)
+
+
+def convert_official_checkpoint(
+    config: ml_collections.ConfigDict, checkpoint: str | Path, workdir: str | Path
+) -> int:
+    """Converts an official .pth into our checkpoint under `workdir` (`score-jax convert`);
+    returns its step. Raw and EMA weights are both written (a bare state_dict as both)."""
+    step, params, ema_params = read_official_checkpoint(config, checkpoint)
+    save_inference_checkpoint(workdir, step, params, ema_params)
+    print(f"Converted {checkpoint} (step {step}) into {checkpoint_dir(workdir)}.")
+    return step

@@ -202,9 +202,9 @@ def _run(args: argparse.Namespace, config) -> None:
 
         compute_dataset_stats(config, args.out)
     elif args.command == "convert":
-        from score_jax.models.convert import convert_checkpoint
+        from score_jax.checkpoints import convert_official_checkpoint
 
-        convert_checkpoint(config, args.checkpoint, args.workdir)
+        convert_official_checkpoint(config, args.checkpoint, args.workdir)
         run_record.record_config(args.workdir, config)
     elif args.command in ("train-classifier", "inpaint", "colorize", "cond-sample"):
         from score_jax.controllable_cli import run_command

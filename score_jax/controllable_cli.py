@@ -17,8 +17,20 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+from PIL import Image
+from tqdm import tqdm
 
 from score_jax import controllable
+from score_jax.checkpoints import restore_for_inference
+from score_jax.config import load_config
+from score_jax.data import get_inverse_scaler, get_scaler
+from score_jax.evaluation.stats import save_npz_atomic
+from score_jax.images import image_grid
+from score_jax.models.classifier import get_classifier, get_logits_fn
+from score_jax.sampling import default_eps, pc_sample
+from score_jax.score_model import build_score_model
+from score_jax.sde import get_sde
+from score_jax.train.classifier import restore_classifier, train_classifier
 
 HALVES = ("top", "bottom", "left", "right")
 
@@ -37,8 +49,6 @@ def read_images(path: str | Path) -> np.ndarray:
                 )
             array = data[names[0] if names else data.files[0]]
     else:
-        from PIL import Image
-
         array = np.asarray(Image.open(path))
     return _as_nhwc(np.asarray(array), path)
 
@@ -100,13 +110,9 @@ def read_mask(spec: str, images: np.ndarray) -> np.ndarray:
 
 
 def _score_setup(config, workdir, step):
-    from score_jax.checkpoints import restore_for_inference
-    from score_jax.models import get_model, get_score_fn
-    from score_jax.sampling import default_eps
-    from score_jax.sde import get_sde
-
+    """(step, params, sde, score_fn_of(params), PC options) of the checkpoint at `step`."""
     step, params = restore_for_inference(workdir, config, step)
-    sde, model = get_sde(config), get_model(config)
+    score_model = build_score_model(config)
     s = config.sampling
     options = dict(
         predictor=str(s.predictor).lower(),
@@ -115,13 +121,9 @@ def _score_setup(config, workdir, step):
         n_steps=int(s.n_steps_each),
         probability_flow=bool(s.probability_flow),
         denoise=bool(s.noise_removal),
-        eps=default_eps(sde),
+        eps=default_eps(score_model.sde),
     )
-
-    def score_fn_of(params):
-        return get_score_fn(sde, model, {"params": params}, continuous=config.training.continuous)
-
-    return step, params, sde, score_fn_of, options
+    return step, params, score_model.sde, score_model.score_fn, options
 
 
 def run_inpaint(config, workdir, image_path, mask_spec, out, num_samples=4, step=None, seed=0):
@@ -172,11 +174,6 @@ def run_cond_sample(
     config, workdir, cls_config, cls_workdir, label, num, scale, out, step=None, seed=0
 ):
     """num samples of class `label`: score + scale * grad log p_t(label | x) of the classifier."""
-    from score_jax.models.classifier import get_classifier, get_logits_fn
-    from score_jax.sampling import pc_sample
-    from score_jax.sde import get_sde
-    from score_jax.train.classifier import restore_classifier
-
     classes = int(cls_config.classifier.num_classes)
     if not 0 <= label < classes:
         raise ValueError(
@@ -220,21 +217,16 @@ def run_cond_sample(
         100.0 * np.mean(predicted == label),
         label,
     )
-    from score_jax.images import image_grid
 
     return _write(out, image_grid(samples), samples, step, f"class-{label}")
 
 
 def _scalers(config):
-    from score_jax.data import get_inverse_scaler, get_scaler
-
     return get_scaler(config), get_inverse_scaler(config)
 
 
 def _batched(fn, arrays: tuple[np.ndarray, ...], batch: int, seed: int) -> np.ndarray:
     """fn(key, chunk) over chunks of at most `batch` rows (the last padded), concatenated."""
-    from tqdm import tqdm
-
     total = len(arrays[0])
     outs = []
     for i, start in enumerate(tqdm(range(0, total, batch), desc="sampling", unit="batch")):
@@ -254,10 +246,6 @@ def _per_input(samples: np.ndarray, n: int, k: int) -> list[np.ndarray]:
 def _write(out, picture: np.ndarray, samples: np.ndarray, step: int, what: str) -> Path:
     """Writes picture (uint8 [H, W, C]) as out.png, upscaled to >= 64 pixels per image row,
     and the samples to out.npz."""
-    from PIL import Image
-
-    from score_jax.evaluation.stats import save_npz_atomic
-
     out = Path(out).with_suffix(".png")
     out.parent.mkdir(parents=True, exist_ok=True)
     upscale = max(1, 64 // samples.shape[1])
@@ -287,8 +275,6 @@ def _table(columns: list[np.ndarray], padding: int = 1) -> np.ndarray:
 def run_command(args, config) -> Path | None:
     """Dispatches the `score-jax` subcommands of controllable generation."""
     if args.command == "train-classifier":
-        from score_jax.train.classifier import train_classifier
-
         train_classifier(config, args.workdir)
         return None
     common = dict(step=args.step, seed=args.seed)
@@ -300,7 +286,6 @@ def run_command(args, config) -> Path | None:
     if args.command == "colorize":
         _check_positive(args.num_samples, "--num_samples")
         return run_colorize(config, args.workdir, args.image, args.out, args.num_samples, **common)
-    from score_jax.config import load_config
 
     _check_positive(args.num, "--num")
     cls_config = load_config(args.classifier_config, [])

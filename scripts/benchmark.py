@@ -44,11 +44,12 @@ from score_jax.hugepages import reexec_with_hugepages  # noqa: E402
 from score_jax.likelihood import log_likelihood  # noqa: E402
 from score_jax.models import get_model, get_score_fn, init_model  # noqa: E402
 from score_jax.models.mlp import example_input_shape  # noqa: E402
+from score_jax.objective import make_loss_fn  # noqa: E402
 from score_jax.sampling import get_sampler  # noqa: E402
 from score_jax.sde import get_sde  # noqa: E402
 from score_jax.state import create_train_state  # noqa: E402
 from score_jax.train.optimizer import get_optimizer  # noqa: E402
-from score_jax.train.step import make_loss_fn, make_train_step  # noqa: E402
+from score_jax.train.step import make_train_step  # noqa: E402
 
 WHAT = ("train", "sample", "ode", "likelihood")
 # Dense peak TFLOP/s per GPU from the vendor data sheets (SXM parts unless named): bfloat16 tensor

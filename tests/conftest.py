@@ -100,10 +100,11 @@ def initial_train_setup(config, mesh):
 
     from score_jax import parallel
     from score_jax.models import get_model, init_model
+    from score_jax.objective import make_loss_fn
     from score_jax.sde import get_sde
     from score_jax.state import create_train_state
     from score_jax.train.optimizer import get_optimizer
-    from score_jax.train.step import make_loss_fn, make_train_step
+    from score_jax.train.step import make_train_step
 
     optimizer = get_optimizer(config)
     loss_fn = make_loss_fn(config, get_sde(config), get_model(config).apply, train=True)

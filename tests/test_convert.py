@@ -114,8 +114,8 @@ def test_wrong_architecture_is_refused(official):
 
 def test_convert_checkpoint_round_trip(official, tmp_path):
     torch = pytest.importorskip("torch")
+    from score_jax.checkpoints import convert_official_checkpoint as convert_checkpoint
     from score_jax.checkpoints import restore_for_inference
-    from score_jax.models.convert import convert_checkpoint
 
     state_dict, config, meta = official
     checkpoint = official_checkpoint(state_dict, meta, step=11)
@@ -141,7 +141,7 @@ def test_convert_checkpoint_round_trip(official, tmp_path):
 
 
 def test_missing_checkpoint_file(official, tmp_path):
-    from score_jax.models.convert import convert_checkpoint
+    from score_jax.checkpoints import convert_official_checkpoint as convert_checkpoint
 
     _, config, _ = official
     with pytest.raises(FileNotFoundError, match="nope.pth"):

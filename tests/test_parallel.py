@@ -7,11 +7,12 @@ import pytest
 from score_jax import parallel
 from score_jax.config import load_config
 from score_jax.models.mlp import MLP
+from score_jax.objective import make_eval_step, make_loss_fn
 from score_jax.sde import get_sde
 from score_jax.state import create_train_state
 from score_jax.toy import GaussianMixture
 from score_jax.train.optimizer import get_optimizer
-from score_jax.train.step import make_eval_step, make_loss_fn, make_train_step
+from score_jax.train.step import make_train_step
 
 CONFIG = "configs/toy/mixture_vp.py"
 

@@ -16,8 +16,8 @@ from score_jax.config import load_config
 from score_jax.evaluation.bpd import make_bpd_step
 from score_jax.models import get_model, get_score_fn, init_model
 from score_jax.sampling import get_sampler
+from score_jax.score_model import build_score_model, make_sample_fn
 from score_jax.sde import get_sde
-from score_jax.train.snapshots import make_sample_fn
 
 # stablehlo.constant dense<...> : tensor<3x3x8x8xf32>; splat constants (one value) are cheap.
 _CONSTANT = re.compile(r"stablehlo\.constant dense<([^>]*)> : tensor<([0-9x]+)x[a-z0-9]+>")
@@ -60,8 +60,7 @@ def test_samplers_compile_once_for_two_parameter_sets(toy, caplog, method):
     config, params_a, params_b = toy
     config = config.copy_and_resolve_references()
     config.sampling.method = method
-    sde, model = get_sde(config), get_model(config)
-    sample = make_sample_fn(config, sde, model, 8)
+    sample = make_sample_fn(config, build_score_model(config), 8)
     key = jax.random.PRNGKey(1)
     assert count_compiles(caplog, sample, (params_a, key)) >= 1
     assert count_compiles(caplog, sample, (params_b, key), (params_a, key)) == 0

@@ -12,6 +12,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 
 from score_jax import parallel
 from score_jax.evaluation.inception import FIDInception
@@ -89,6 +90,5 @@ def gather_hosts(array) -> np.ndarray:
     """A global (or host-local) array as numpy, every host's rows in process order."""
     if jax.process_count() == 1:
         return np.asarray(array)
-    from jax.experimental import multihost_utils
 
     return np.asarray(multihost_utils.process_allgather(array, tiled=True))

@@ -29,7 +29,11 @@ import jax
 import ml_collections
 import numpy as np
 
+from score_jax.checkpoints import restore_for_inference
+from score_jax.data import get_source
+from score_jax.evaluation.plot import save_line_plot
 from score_jax.evaluation.swd import sliced_wasserstein
+from score_jax.score_model import build_score_model, make_sample_fn
 
 log = logging.getLogger(__name__)
 FAST_METHODS = ("dpm_solver++", "dpm_solver", "heun")
@@ -119,8 +123,6 @@ def _as_points(x: np.ndarray) -> np.ndarray:
 
 
 def _split_points(config, split: str, num: int | None = None) -> np.ndarray:
-    from score_jax.data import get_source
-
     source = get_source(config, split)
     n = len(source)
     index = np.arange(n) if num is None else np.random.default_rng(0).permutation(n)[:num]
@@ -138,13 +140,12 @@ def measure(x: np.ndarray, reference: np.ndarray) -> dict:
     return {"swd": value, "swd_se": float(np.std(boots, ddof=1))}
 
 
-def _draw(config, model, params, num: int, batch: int, key) -> tuple[np.ndarray, int, float]:
-    """num samples of the setting's sampler: (points, nfe, wall seconds incl. compilation)."""
-    from score_jax.sde import get_sde
-    from score_jax.train.snapshots import make_sample_fn
+def _draw(config, params, num: int, batch: int, key) -> tuple[np.ndarray, int, float]:
+    """num samples of the setting's sampler: (points, nfe, wall seconds incl. compilation).
 
+    The setting's config may change the SDE's discretisation (PC), so each builds its own."""
     start = time.perf_counter()
-    sample = make_sample_fn(config, get_sde(config), model, batch)
+    sample = make_sample_fn(config, build_score_model(config), batch)
     batches, nfe = [], 0
     for r in range(-(-num // batch)):
         x, nfe = sample(params, jax.random.fold_in(key, r))
@@ -178,10 +179,6 @@ def nfe_report(
     batch_size: int | None = None,
 ) -> dict:
     """Runs every setting of `samplers` (see the module docstring); returns the report dict."""
-    from score_jax.checkpoints import restore_for_inference
-    from score_jax.evaluation.plot import save_line_plot
-    from score_jax.models import get_model
-
     if num < 2:
         raise ValueError(f"--num must be at least 2, got {num}")
     settings = parse_settings(samplers)
@@ -190,7 +187,6 @@ def nfe_report(
     folder = Path(workdir) / out_folder
     reference = _split_points(config, "test")
     step, params = restore_for_inference(workdir, config, step)
-    model = get_model(config)
     key = jax.random.fold_in(jax.random.PRNGKey(config.seed), step)
     floor = measure(_split_points(config, "train", num), reference)
     rows = [{"sampler": "data (train)", "nfe": None, **floor}]
@@ -200,7 +196,7 @@ def nfe_report(
             rows.append(json.loads(path.read_text()))
             continue
         log.info("Sampling %d with %s at %d NFE", num, label, nfe)
-        x, counted, seconds = _draw(c, model, params, num, batch, key)
+        x, counted, seconds = _draw(c, params, num, batch, key)
         if counted != nfe:
             raise AssertionError(f"{label}: asked for {nfe} NFE, the sampler reports {counted}")
         row = {"sampler": label, "nfe": nfe, **measure(x, reference), "seconds": seconds}

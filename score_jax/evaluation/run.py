@@ -30,8 +30,17 @@ import numpy as np
 from tqdm import tqdm
 
 from score_jax import parallel
+from score_jax.checkpoints import checkpoint_dir, list_steps, restore_for_inference
+from score_jax.data import get_dataset
 from score_jax.evaluation import metrics
+from score_jax.evaluation.bpd import bpd_from_config
+from score_jax.evaluation.features import FeatureExtractor
+from score_jax.evaluation.result_key import result_key
+from score_jax.evaluation.sample import host_samples, make_batch_sampler, place_params, to_uint8
 from score_jax.evaluation.stats import default_stats_path, load_stats, save_npz_atomic
+from score_jax.evaluation.weights import load_inception
+from score_jax.objective import make_eval_step, make_loss_fn
+from score_jax.score_model import build_score_model
 
 log = logging.getLogger(__name__)
 # Inception Score as Salimans et al. report it (mean and std over 10 splits), beside the
@@ -60,8 +69,6 @@ def _cached(path: Path, compute) -> dict:
 def checkpoints_to_evaluate(config, workdir: str | Path) -> list[int]:
     """Steps of the existing checkpoints numbered begin_ckpt..end_ckpt (checkpoint n is step
     n * training.snapshot_freq); with both None, the latest checkpoint."""
-    from score_jax.checkpoints import checkpoint_dir, list_steps
-
     freq = config.training.snapshot_freq
     begin, end = config.eval.begin_ckpt, config.eval.end_ckpt
     steps = list_steps(workdir)
@@ -86,12 +93,8 @@ def checkpoints_to_evaluate(config, workdir: str | Path) -> list[int]:
 
 def _eval_loss(config, params, step: int, mesh) -> dict:
     """Mean loss over the test split's full batches, as the official evaluation."""
-    from score_jax.data import get_dataset
-    from score_jax.models import get_model
-    from score_jax.sde import get_sde
-    from score_jax.train.step import make_eval_step, make_loss_fn
-
-    loss_fn = make_loss_fn(config, get_sde(config), get_model(config).apply, train=False)
+    score_model = build_score_model(config)
+    loss_fn = make_loss_fn(config, score_model.sde, score_model.model.apply, train=False)
     eval_step = make_eval_step(config, loss_fn, mesh)
     batch_size = config.eval.batch_size
     dataset = get_dataset(config, "test", batch_size=batch_size, shuffle=False, seed=0,
@@ -112,8 +115,6 @@ def _eval_loss(config, params, step: int, mesh) -> dict:
 
 def _bits_per_dim(config, params, step: int, mesh, folder: Path) -> dict:
     """Bits/dim on eval.bpd_dataset; its per-batch results live in `folder` (resumable)."""
-    from score_jax.evaluation.bpd import bpd_from_config
-
     split = config.eval.bpd_dataset
     result = bpd_from_config(config, params, split, mesh=mesh, folder=folder, step=step)
     return {
@@ -149,8 +150,6 @@ def _check_sampling_settings(config, folder: Path) -> None:
 
 def _sample_batches(config, params, step, folder: Path, mesh, extractor) -> int:
     """Draws and featurises every missing batch file of this checkpoint; returns the count."""
-    from score_jax.evaluation.sample import host_samples, make_batch_sampler, to_uint8
-
     batch_size, num = config.eval.batch_size, config.eval.num_samples
     _check_sampling_settings(config, folder)
     rounds = -(-num // batch_size)
@@ -222,9 +221,6 @@ def _evaluate_checkpoint(config, step: int, params, folder: Path, mesh, tools) -
 
 def _prepare_sampling_tools(config, mesh) -> dict[str, Any]:
     """Inception and reference statistics, loaded before any sampling so bad paths fail fast."""
-    from score_jax.evaluation.features import FeatureExtractor
-    from score_jax.evaluation.weights import load_inception
-
     if config.data.dataset == "MIXTURE":
         raise ValueError("FID/IS/KID need images; set --config.eval.enable_sampling=False.")
     stats_path = default_stats_path(config)
@@ -256,10 +252,6 @@ def format_summary(reports: dict[int, dict]) -> str:
 def _report_of(config, workdir, step: int, eval_dir: Path, mesh, tools) -> dict:
     """The saved report of this checkpoint if it was made with these settings and weights (the
     same `result_key`), else a new evaluation, saved."""
-    from score_jax.checkpoints import restore_for_inference
-    from score_jax.evaluation.result_key import result_key
-    from score_jax.evaluation.sample import place_params
-
     _, params = restore_for_inference(workdir, config, step)
     key = result_key(config, step, params)
     path = eval_dir / f"report_{step}.json"

@@ -8,57 +8,27 @@ uint8 .npz plus a PNG grid.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from tqdm import tqdm
 
 from score_jax import parallel
+from score_jax.checkpoints import restore_for_inference
 from score_jax.evaluation.stats import save_npz_atomic
+from score_jax.images import save_samples_png
+from score_jax.score_model import SampleFn, build_score_model, make_sample_fn
 
 GRID_SAMPLES = 64
 
 
-def image_shape(config) -> tuple[int, int, int]:
-    size = config.data.image_size
-    return (size, size, config.data.num_channels)
-
-
-def make_batch_sampler(
-    config, batch_size: int, mesh: jax.sharding.Mesh
-) -> Callable[[Any, jax.Array], tuple[jax.Array, jax.Array]]:
-    """jit(params (replicated), key) -> (samples [batch_size, H, W, C] in [0, 1], nfe).
-
-    Samples come out in data space (inverse-scaled), not yet clipped or quantized. The batch is
-    sharded over the mesh axis "data"; the noise is drawn as one global array split over
-    devices, so the samples equal a one-device run with the same key.
-    """
-    from score_jax.data import get_inverse_scaler
-    from score_jax.models import get_model, get_score_fn
-    from score_jax.sampling import get_sampler
-    from score_jax.sde import get_sde
-
-    devices = mesh.devices.size
-    if batch_size % devices:
-        raise ValueError(
-            f"config.eval.batch_size={batch_size} must be divisible by the number of devices "
-            f"({devices})."
-        )
-    sde, model = get_sde(config), get_model(config)
-    sampler = get_sampler(config, sde, (batch_size, *image_shape(config)))
-    inverse_scaler = get_inverse_scaler(config)
-    continuous = config.training.continuous
-
-    def sample(params, key):
-        score_fn = get_score_fn(sde, model, {"params": params}, continuous=continuous)
-        x, nfe = sampler(key, score_fn)
-        return inverse_scaler(x), nfe
-
-    out_shardings = (parallel.data_sharding(mesh), parallel.replicated(mesh))
-    return jax.jit(sample, out_shardings=out_shardings)
+def make_batch_sampler(config, batch_size: int, mesh: jax.sharding.Mesh) -> SampleFn:
+    """jit(params (replicated), key) -> (samples [batch_size, H, W, C] in [0, 1], nfe), the
+    batch sharded over the mesh (`score_model.make_sample_fn`)."""
+    return make_sample_fn(config, build_score_model(config), batch_size, mesh)
 
 
 def to_uint8(samples: np.ndarray) -> np.ndarray:
@@ -70,8 +40,6 @@ def host_samples(samples: jax.Array) -> np.ndarray:
     """The full global batch on every host, as numpy."""
     if jax.process_count() == 1:
         return np.asarray(samples)
-    from jax.experimental import multihost_utils
-
     return np.asarray(multihost_utils.process_allgather(samples, tiled=True))
 
 
@@ -82,8 +50,6 @@ def place_params(params: Any, mesh: jax.sharding.Mesh) -> Any:
 
 def save_grid(images_uint8: np.ndarray, path: str | Path) -> Path:
     """The first GRID_SAMPLES images as one PNG grid."""
-    from score_jax.images import save_samples_png
-
     pictures = images_uint8[:GRID_SAMPLES].astype(np.float32) / 255.0
     upscale = max(1, 64 // pictures.shape[1])
     return save_samples_png(pictures, path, upscale)
@@ -110,8 +76,6 @@ def sample_to_file(config, workdir: str | Path, num: int, out: str | Path, step=
     The .npz (`sample_paths(out)`) holds 'samples' uint8 [num, H, W, C]; a PNG grid goes beside
     it. Rounds of `sampling_batch_size` samples are drawn until `num` are there.
     """
-    from score_jax.checkpoints import restore_for_inference
-
     if num < 1:
         raise ValueError(f"--num must be positive, got {num}.")
     if config.data.dataset == "MIXTURE":

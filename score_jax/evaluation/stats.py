@@ -18,8 +18,11 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
+from score_jax.data import get_dataset
 from score_jax.evaluation import metrics
+from score_jax.evaluation.features import FeatureExtractor, gather_hosts
 from score_jax.evaluation.inception import NUM_FEATURES
+from score_jax.evaluation.weights import cache_dir, load_inception_variables
 
 STATS_COMMAND = "score-jax fid-stats --config CONFIG --out FILE"
 
@@ -28,7 +31,6 @@ def default_stats_path(config) -> Path:
     """config.eval.fid_stats, else a file named after the dataset in the score_jax cache."""
     if config.eval.get("fid_stats"):
         return Path(config.eval.fid_stats).expanduser()
-    from score_jax.evaluation.weights import cache_dir
 
     name = f"fid_stats_{config.data.dataset}_{config.data.image_size}"
     if config.data.get("path"):  # image folders and .npz files: one stats file per location
@@ -90,10 +92,6 @@ def save_stats(path: str | Path, accumulator, reservoir) -> Path:
 
 def compute_dataset_stats(config, out: str | Path) -> dict[str, np.ndarray]:
     """Inception mu/sigma (and KID features) of the full training split, written to `out`."""
-    from score_jax.data import get_dataset
-    from score_jax.evaluation.features import FeatureExtractor, gather_hosts
-    from score_jax.evaluation.weights import load_inception_variables
-
     if config.data.dataset == "MIXTURE":
         raise ValueError("FID statistics need an image dataset; config.data.dataset is MIXTURE.")
     variables = load_inception_variables(config)

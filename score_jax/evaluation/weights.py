@@ -30,6 +30,8 @@ from typing import Any
 
 import numpy as np
 
+from score_jax.evaluation.inception import from_pytorch
+
 log = logging.getLogger(__name__)
 
 WEIGHTS_FILENAME = "pt_inception-2015-12-05-6726825d.pth"
@@ -176,8 +178,6 @@ def load_inception(
 
     Unverified weights are refused unless allow_unverified (default:
     config.eval.allow_unverified_inception, else False)."""
-    from score_jax.evaluation.inception import from_pytorch
-
     path = locate_weights(config, download=download)
     state_dict = load_state_dict(path)
     verified = weights_verified(path, state_dict)

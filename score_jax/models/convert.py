@@ -1,4 +1,4 @@
-"""Official score_sde_pytorch weights -> our Flax variables, and the `score-jax convert` command.
+"""Official score_sde_pytorch weights -> our Flax variables (`score-jax convert` reads with these).
 
 `from_pytorch(state_dict, config)` takes a bare or DataParallel (`module.`-prefixed) state_dict,
 or a whole official checkpoint dict (`{'model', 'ema', 'optimizer', 'step'}`, whose `ema` holds
@@ -217,14 +217,13 @@ def load_torch_checkpoint(path: str | Path) -> Mapping[str, Any]:
         raise ValueError(f"Could not read {path} as a PyTorch checkpoint: {err}") from err
 
 
-def convert_checkpoint(config: ml_collections.ConfigDict, checkpoint: str, workdir: str) -> int:
-    """Converts an official .pth into our checkpoint under `workdir`; returns the step.
+def read_official_checkpoint(
+    config: ml_collections.ConfigDict, checkpoint: str | Path
+) -> tuple[int, dict[str, Any], dict[str, Any]]:
+    """(step, params, ema_params) of an official .pth, as our parameter trees.
 
-    Both the raw (`params`) and EMA (`ema_params`) weights are written when the file has both;
-    a bare state_dict is written as both.
-    """
-    from score_jax.checkpoints import save_inference_checkpoint
-
+    A full checkpoint gives its raw and EMA weights and its step; a bare state_dict is both,
+    at step 0."""
     loaded = load_torch_checkpoint(checkpoint)
     if not isinstance(loaded, Mapping):
         raise ValueError(f"{checkpoint} holds a {type(loaded).__name__}, not a state_dict.")
@@ -232,17 +231,15 @@ def convert_checkpoint(config: ml_collections.ConfigDict, checkpoint: str, workd
     params = from_pytorch(loaded, config, use_ema=False)["params"]
     ema_params = from_pytorch(loaded, config, use_ema=True)["params"] if is_full else params
     step = int(_to_numpy(loaded.get("step", 0))) if is_full else 0
-    save_inference_checkpoint(workdir, step, params, ema_params)
-    print(f"Converted {checkpoint} (step {step}) into {Path(workdir) / 'checkpoints'}.")
-    return step
+    return step, params, ema_params
 
 
 __all__ = [
     "ConversionError",
-    "convert_checkpoint",
     "ema_state_dict",
     "from_pytorch",
     "load_torch_checkpoint",
     "ncsnpp_from_pytorch",
+    "read_official_checkpoint",
     "strip_module_prefix",
 ]

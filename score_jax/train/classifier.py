@@ -23,16 +23,18 @@ import optax
 from jax import lax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
+from tqdm import tqdm
 
 from score_jax import checkpoints, parallel
+from score_jax.data import get_dataset
 from score_jax.models.classifier import get_classifier, init_classifier
+from score_jax.objective import make_preprocess
 from score_jax.parallel import DATA_AXIS
 from score_jax.sde import SDE, batch_broadcast, get_sde
 from score_jax.state import TrainState, create_train_state
 from score_jax.train.loop import _StopSignal, check_training_config, host_batches
 from score_jax.train.metrics import MetricsWriter
 from score_jax.train.optimizer import ema_decay, get_optimizer, update_ema
-from score_jax.train.step import make_preprocess
 
 log = logging.getLogger(__name__)
 
@@ -168,8 +170,6 @@ def train_classifier(config: ml_collections.ConfigDict, workdir: str | Path) -> 
 def accuracy_by_time(config, sde: SDE, model, params, times=(0.0,)) -> dict[float, float]:
     """Accuracy of the classifier on the whole test split perturbed to each time in `times`
     (t = 0: clean data)."""
-    from score_jax.data import get_dataset
-
     preprocess = make_preprocess(config)
 
     @jax.jit
@@ -222,7 +222,5 @@ def restore_classifier(workdir: str | Path, config, step: int | None = None) -> 
 
 
 def _progress_bar(start: int, total: int):
-    from tqdm import tqdm
-
     disabled = jax.process_index() != 0
     return tqdm(initial=start, total=total, disable=disabled, unit="step", dynamic_ncols=True)

@@ -29,15 +29,21 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
+from jax.experimental import multihost_utils
+from tqdm import tqdm
 
 from score_jax import checkpoints, parallel, run_record
+from score_jax.data import get_dataset
 from score_jax.errors import TrainingPreempted
-from score_jax.sde import get_sde
+from score_jax.models import init_model
+from score_jax.objective import make_eval_step, make_loss_fn
+from score_jax.score_model import ScoreModel, build_score_model
 from score_jax.state import TrainState, create_train_state
 from score_jax.train.metrics import MetricsWriter
 from score_jax.train.optimizer import get_optimizer
+from score_jax.train.report import final_report
 from score_jax.train.snapshots import make_snapshot_sampler
-from score_jax.train.step import make_eval_step, make_loss_fn, make_train_step
+from score_jax.train.step import make_train_step
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +95,6 @@ class _StopSignal:
         """True on every process once any process got a stop signal."""
         if jax.process_count() == 1:
             return self.raised
-        from jax.experimental import multihost_utils
 
         flags = multihost_utils.process_allgather(np.asarray(self.raised, np.int32))
         return bool(np.any(flags))
@@ -128,8 +133,6 @@ def host_batches(
     """This host's share of an endless stream of shuffled global batches, from `start_step`.
 
     The stream is a pure function of the seed, so a resumed run sees the same batches."""
-    from score_jax.data import get_dataset
-
     dataset = get_dataset(
         config, split, batch_size=batch_size, shuffle=True, seed=seed, start_step=start_step
     )
@@ -149,8 +152,6 @@ def _train_stream(config, mesh, start_step: int) -> Iterator[tuple[int, jax.Arra
 
 
 def _initial_state(config, mesh, optimizer) -> TrainState:
-    from score_jax.models import init_model
-
     init_key, state_key = jax.random.split(jax.random.PRNGKey(config.seed))
     params = init_model(init_key, config)["params"]
     return parallel.replicate(create_train_state(params, optimizer, state_key), mesh)
@@ -214,13 +215,16 @@ class _Progress:
     stopped: bool = False
 
 
-def train(config: ml_collections.ConfigDict, workdir: str | Path) -> TrainState:
+def train(
+    config: ml_collections.ConfigDict,
+    workdir: str | Path,
+    score_model: ScoreModel | None = None,
+) -> TrainState:
     """Trains (or resumes) until config.training.n_iters; returns the final state.
 
     SIGTERM saves the current state and raises TrainingPreempted; SIGINT (Ctrl-C) saves it and
-    raises KeyboardInterrupt. Either way a rerun resumes from that checkpoint."""
-    from score_jax.models import get_model
-
+    raises KeyboardInterrupt. Either way a rerun resumes from that checkpoint. `score_model` is
+    the config's SDE and network when the caller built them already."""
     workdir = Path(workdir)
     t = config.training
     # Orbax reports every file it writes at INFO through absl; keep the console readable.
@@ -229,8 +233,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> TrainState:
     mesh = parallel.make_mesh()
     check_training_config(config, mesh.devices.size, pads_batches=True)
 
-    sde = get_sde(config)
-    model = get_model(config)
+    score_model = score_model or build_score_model(config)
     optimizer = get_optimizer(config)
     manager = checkpoints.make_manager(workdir, t.snapshot_freq, int(t.keep_checkpoints))
     state, resumed = _restore_or_init(config, mesh, optimizer, manager, workdir)
@@ -244,10 +247,13 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> TrainState:
         mesh=mesh,
         manager=manager,
         train_step=make_train_step(
-            config, make_loss_fn(config, sde, model.apply, True), optimizer, mesh
+            config,
+            make_loss_fn(config, score_model.sde, score_model.model.apply, True),
+            optimizer,
+            mesh,
         ),
-        evaluate=_make_evaluate(config, sde, model, mesh, start),
-        sampler=make_snapshot_sampler(config, sde, model) if t.snapshot_sampling else None,
+        evaluate=_make_evaluate(config, score_model, mesh, start),
+        sampler=make_snapshot_sampler(config, score_model) if t.snapshot_sampling else None,
         writer=MetricsWriter(workdir, start_step=start),
         bar=_progress_bar(start, t.n_iters, is_main),
     )
@@ -286,7 +292,6 @@ def _finish(config, workdir: Path, progress: _Progress, state, seconds: float, i
     if progress.ran == 0 and (workdir / "report.json").is_file():
         log.info("Nothing left to train; the report is %s.", workdir / "report.json")
         return
-    from score_jax.train.report import final_report
 
     final_report(config, workdir, progress.step, state.ema_params, seconds)
 
@@ -354,12 +359,13 @@ def _stopped(name: str | None, progress: _Progress, workdir, is_main) -> None:
     raise TrainingPreempted(f"{name}: stopped after saving step {progress.step} in {where}")
 
 
-def _make_evaluate(config, sde, model, mesh, start: int):
+def _make_evaluate(config, score_model: ScoreModel, mesh, start: int):
     """(EMA parameters, step) -> the held-out loss on the next evaluation batch.
 
     The batches continue where a run that never stopped would be at `start`, so a resumed run
     logs the same evaluation losses as one that never stopped."""
-    eval_step = make_eval_step(config, make_loss_fn(config, sde, model.apply, False), mesh)
+    loss_fn = make_loss_fn(config, score_model.sde, score_model.model.apply, False)
+    eval_step = make_eval_step(config, loss_fn, mesh)
     done = start // config.training.eval_freq
     batches = host_batches(config, "test", config.eval.batch_size, config.seed + 1, done)
     key = jax.random.PRNGKey(config.seed + 2)
@@ -391,6 +397,4 @@ def _log_steps(writer, first: int, losses, norms, log_freq: int) -> None:
 
 
 def _progress_bar(start: int, total: int, enabled: bool):
-    from tqdm import tqdm
-
     return tqdm(initial=start, total=total, disable=not enabled, unit="step", dynamic_ncols=True)

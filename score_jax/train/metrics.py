@@ -18,6 +18,9 @@ import time
 from pathlib import Path
 
 import jax
+from tensorboardX import summary
+from tensorboardX.event_file_writer import EventsWriter
+from tensorboardX.proto.event_pb2 import Event, SessionLog
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +55,6 @@ class _EventFile:
     """One synchronous TensorBoard event file that supersedes earlier ones from `first_step` on."""
 
     def __init__(self, logdir: Path, first_step: int):
-        from tensorboardX.event_file_writer import EventsWriter
-        from tensorboardX.proto.event_pb2 import Event, SessionLog
-
         logdir.mkdir(parents=True, exist_ok=True)
         # The nanosecond suffix orders files made within one second and keeps a new file from
         # overwriting one of the same second (the name has whole seconds only).
@@ -65,8 +65,6 @@ class _EventFile:
         self._writer.flush()
 
     def write(self, step: int, values: dict[str, float]) -> None:
-        from tensorboardX import summary
-
         now = time.time()
         for name, value in values.items():
             event = self._event(wall_time=now, step=step, summary=summary.scalar(name, value))

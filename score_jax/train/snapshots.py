@@ -8,57 +8,26 @@ without pictures). Sampling runs on process 0's first device only.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-import flax.linen as nn
 import jax
 import ml_collections
 import numpy as np
 
-from score_jax.data.preprocess import get_inverse_scaler
 from score_jax.images import save_samples_png
-from score_jax.models.score_fn import get_score_fn
-from score_jax.sde import SDE
+from score_jax.score_model import ScoreModel, make_sample_fn
 
 log = logging.getLogger(__name__)
 NUM_SNAPSHOT_SAMPLES = 64
 
 
-def sample_shape(config: ml_collections.ConfigDict, n: int) -> tuple[int, ...]:
-    """[n, D] for the MIXTURE points, [n, H, W, C] for images."""
-    if config.data.dataset.upper() == "MIXTURE":
-        return (n, len(config.data.mixture.means[0]))
-    size = config.data.image_size
-    return (n, size, size, config.data.num_channels)
-
-
-def make_sample_fn(
-    config: ml_collections.ConfigDict, sde: SDE, model: nn.Module, n: int
-) -> Callable[[Any, jax.Array], tuple[jax.Array, jax.Array]]:
-    """jit(params, key) -> (samples in data space [0, 1] (or raw points), nfe)."""
-    from score_jax.sampling import get_sampler
-
-    sampler = get_sampler(config, sde, sample_shape(config, n))
-    inverse_scaler = get_inverse_scaler(config)
-    continuous = config.training.continuous
-
-    def sample(params, key):
-        score_fn = get_score_fn(sde, model, {"params": params}, continuous=continuous)
-        x, nfe = sampler(key, score_fn)
-        return inverse_scaler(x), nfe
-
-    return jax.jit(sample)
-
-
-def make_snapshot_sampler(config, sde: SDE, model: nn.Module):
+def make_snapshot_sampler(config: ml_collections.ConfigDict, score_model: ScoreModel):
     """fn(ema_params, step, workdir) writing <workdir>/samples/step_<step>.png, or None."""
     if jax.process_index() != 0:
         return None
     # Built before the first step, so a bad sampling config fails the run at once instead of
     # training for hours without the pictures it asked for.
-    sample = make_sample_fn(config, sde, model, NUM_SNAPSHOT_SAMPLES)
+    sample = make_sample_fn(config, score_model, NUM_SNAPSHOT_SAMPLES)
     key = jax.random.PRNGKey(config.seed + 3)
 
     def snapshot(ema_params, step: int, workdir: str | Path) -> Path:
