@@ -21,7 +21,14 @@ import jax
 import jax.numpy as jnp
 
 from score_jax.models.score_fn import ApplyFn, network_score_fn
-from score_jax.sde import SDE, VESDE, VPSDE, batch_broadcast
+from score_jax.sde import (
+    SDE,
+    VESDE,
+    VPSDE,
+    batch_broadcast,
+    likelihood_proposal_scale,
+    sample_likelihood_times,
+)
 
 LossFn = Callable[[Any, jax.Array, Mapping[str, jax.Array]], tuple[jax.Array, dict]]
 NoiseFn = Callable[[jax.Array, jax.Array], dict]
@@ -67,18 +74,29 @@ def sde_loss_fn(
     likelihood_weighting: bool = False,
     eps: float = 1e-5,
     extra_variables: Mapping[str, Any] | None = None,
+    importance_weighting: bool = False,
 ) -> Loss:
     """Continuous DSM: E_t E_x0 E_z |s(x_t, t) std + z|^2, t ~ U(eps, T).
 
     With `likelihood_weighting` the weight is g(t)^2 (|s + z / std|^2), which makes the loss an
-    upper bound on the negative log-likelihood (Song et al., 2021b).
+    upper bound on the negative log-likelihood (Song et al., 2021b). `importance_weighting`
+    (with it) estimates the same expectation from times drawn with density proportional to
+    g^2 / std^2 (`score_jax.sde.sample_likelihood_times`): per example Z / (T - eps) |s std + z|^2.
     """
+    if importance_weighting and not likelihood_weighting:
+        raise ValueError(
+            "importance_weighting samples the times of the likelihood weighting; it needs "
+            "likelihood_weighting=True (training.likelihood_weighting)."
+        )
     score_fn = network_score_fn(sde, apply_fn, continuous)
     reduce = _reduce_fn(reduce_mean)
 
     def draw_noise(key, x0):
         k_t, k_z = jax.random.split(key)
-        t = jax.random.uniform(k_t, (x0.shape[0],), minval=eps, maxval=sde.T)
+        if importance_weighting:
+            t = sample_likelihood_times(sde, k_t, x0.shape[0], eps)
+        else:
+            t = jax.random.uniform(k_t, (x0.shape[0],), minval=eps, maxval=sde.T)
         return {"t": t, "z": jax.random.normal(k_z, x0.shape)}
 
     def compute(params, batch, noise, k_drop):
@@ -88,7 +106,12 @@ def sde_loss_fn(
         score = score_fn(
             _variables(params, extra_variables), x_t, t, train=train, rngs={"dropout": k_drop}
         )
-        if likelihood_weighting:
+        if importance_weighting:
+            # q / p * g^2 |s + z / std|^2 with q = 1 / (T - eps) and p = g^2 / std^2 / Z:
+            # the g^2 / std^2 cancels, leaving the plain DSM term times Z / (T - eps).
+            scale = likelihood_proposal_scale(sde, eps)
+            losses = reduce(jnp.square(score * batch_broadcast(std, x0) + z)) * scale
+        elif likelihood_weighting:
             g2 = sde.sde(jnp.zeros_like(x0), t)[1] ** 2
             losses = reduce(jnp.square(score + z / batch_broadcast(std, x0))) * g2
         else:
@@ -179,12 +202,25 @@ def get_loss_fn(
     reduce_mean: bool = False,
     continuous: bool = True,
     likelihood_weighting: bool = False,
+    importance_weighting: bool = False,
 ) -> Loss:
-    """The loss the official configs select: continuous DSM, or SMLD (VE) / DDPM (VP) discrete."""
+    """The loss the official configs select: continuous DSM, or SMLD (VE) / DDPM (VP) discrete;
+    `importance_weighting` draws the likelihood-weighted loss's times by importance sampling."""
     if continuous:
-        return sde_loss_fn(sde, apply_fn, train, reduce_mean, True, likelihood_weighting)
-    if likelihood_weighting:
-        raise ValueError("likelihood_weighting is only defined for continuous training.")
+        return sde_loss_fn(
+            sde,
+            apply_fn,
+            train,
+            reduce_mean,
+            True,
+            likelihood_weighting,
+            importance_weighting=importance_weighting,
+        )
+    if likelihood_weighting or importance_weighting:
+        raise ValueError(
+            "likelihood_weighting and importance_weighting are only defined for continuous "
+            "training."
+        )
     if sde.discrete_chain not in DISCRETE_LOSSES:
         raise ValueError(
             f"Discrete training is not defined for {type(sde).__name__}: only VE (SMLD) and VP "

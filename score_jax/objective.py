@@ -38,6 +38,7 @@ def make_loss_fn(config: ml_collections.ConfigDict, sde: SDE, apply_fn, train: b
         reduce_mean=config.training.reduce_mean,
         continuous=config.training.continuous,
         likelihood_weighting=config.training.likelihood_weighting,
+        importance_weighting=config.training.get("importance_weighting", False),
     )
 
 

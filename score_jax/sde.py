@@ -67,6 +67,12 @@ class SDE(Protocol):
 
     def data_prediction(self, x: jax.Array, t: jax.Array, score: jax.Array) -> jax.Array: ...
 
+    # The likelihood weighting's importance sampling (`sample_likelihood_times`): an
+    # antiderivative F of g(t)^2 / std(t)^2 and its inverse.
+    def likelihood_weight_integral(self, t: jax.Array) -> jax.Array: ...
+
+    def t_from_likelihood_weight_integral(self, f: jax.Array) -> jax.Array: ...
+
     # What the official code does differently per SDE: network labels and output, the default
     # sampling end time, the discrete chain (SMLD, DDPM or none) and the Langevin step factors.
     sampling_eps: float
@@ -203,6 +209,14 @@ class VESDE(_SDEBase):
 
     def prior_sampling(self, key, shape):
         return jax.random.normal(key, shape) * self.sigma_max
+
+    def likelihood_weight_integral(self, t):
+        """g^2 / sigma^2 = 2 log(smax / smin) is constant: F(t) = 2 log(smax / smin) t, and the
+        importance-sampling proposal is uniform."""
+        return 2.0 * math.log(self.sigma_max / self.sigma_min) * t
+
+    def t_from_likelihood_weight_integral(self, f):
+        return f / (2.0 * math.log(self.sigma_max / self.sigma_min))
 
     def prior_logp(self, z):
         return _standard_normal_logp(z, self.sigma_max)
@@ -376,6 +390,14 @@ class VPSDE(_BetaSchedule):
         """exp(-2 lambda) = 1 / alpha^2 - 1, so int_0^t beta = log(1 + exp(-2 lambda))."""
         return self._t_from_integrated_beta(jnp.logaddexp(0.0, -2.0 * lam))
 
+    def likelihood_weight_integral(self, t):
+        """g^2 / std^2 = beta / (1 - exp(-B)), B = int_0^t beta, is d/dt log(exp(B) - 1)."""
+        return jnp.log(jnp.expm1(-2.0 * self.log_mean_coeff(t)))
+
+    def t_from_likelihood_weight_integral(self, f):
+        """exp(B) - 1 = exp(f), so B = log(1 + exp(f))."""
+        return self._t_from_integrated_beta(jnp.logaddexp(0.0, f))
+
     discrete_chain: ClassVar[str | None] = "ddpm"
 
     def noise_labels(self, t: jax.Array, continuous: bool) -> jax.Array:
@@ -436,6 +458,16 @@ class SubVPSDE(_BetaSchedule):
         int_0^t beta = -2 log alpha = 2 arcsinh(exp(-lambda) / 2)."""
         return self._t_from_integrated_beta(2.0 * jnp.arcsinh(0.5 * jnp.exp(-lam)))
 
+    def likelihood_weight_integral(self, t):
+        """g^2 / std^2 = beta (1 + e^-B) / (1 - e^-B), B = int_0^t beta, is the derivative of
+        B + 2 log(1 - e^-B) = 2 log(2 sinh(B / 2))."""
+        B = -2.0 * self.log_mean_coeff(t)
+        return B + 2.0 * jnp.log(-jnp.expm1(-B))
+
+    def t_from_likelihood_weight_integral(self, f):
+        """2 sinh(B / 2) = exp(f / 2), so B = 2 arcsinh(exp(f / 2) / 2)."""
+        return self._t_from_integrated_beta(2.0 * jnp.arcsinh(0.5 * jnp.exp(0.5 * f)))
+
     # No discrete chain: no SMLD/DDPM loss and no ancestral sampling for sub-VP.
     discrete_chain: ClassVar[str | None] = None
 
@@ -452,6 +484,29 @@ class SubVPSDE(_BetaSchedule):
     def ald_alpha(self, t: jax.Array) -> jax.Array:
         """alpha_i / std(t): see `sampling.correctors.ald` for why sub-VP takes the VP step."""
         return self.discrete_alpha(t) / self._marginal_std(t)
+
+
+def likelihood_proposal_scale(sde: SDE, eps: float) -> jax.Array:
+    """Z / (T - eps), Z = F(T) - F(eps) = int_eps^T g^2 / std^2 dt (F =
+    sde.likelihood_weight_integral): the importance weight of `sample_likelihood_times`' times.
+
+    Song et al. (2021), "Maximum likelihood training of score-based diffusion models": with t
+    from p(t) = g^2 / std^2 / Z, the uniform density q = 1 / (T - eps) and
+    q / p * g^2 |s + z / std|^2 = Z / (T - eps) * |s std + z|^2, the latter estimates the
+    likelihood-weighted objective E_{t ~ U(eps, T)} g^2 |s + z / std|^2 without bias.
+    """
+    lo, hi = sde.likelihood_weight_integral(jnp.asarray([eps, sde.T], jnp.float32))
+    return (hi - lo) / (sde.T - eps)
+
+
+def sample_likelihood_times(sde: SDE, key: jax.Array, n: int, eps: float) -> jax.Array:
+    """Times t [n] on [eps, T] with density p(t) proportional to g(t)^2 / std(t)^2, by inverting
+    F = sde.likelihood_weight_integral at uniform points of [F(eps), F(T)]."""
+    lo, hi = sde.likelihood_weight_integral(jnp.asarray([eps, sde.T], jnp.float32))
+    u = jax.random.uniform(key, (n,), jnp.float32)
+    t = sde.t_from_likelihood_weight_integral(lo + u * (hi - lo))
+    # Float rounding in the inverse may step just outside [eps, T].
+    return jnp.clip(t, eps, sde.T)
 
 
 SDES: dict[str, type] = {"vesde": VESDE, "vpsde": VPSDE, "subvpsde": SubVPSDE}
