@@ -16,7 +16,6 @@ from typing import Any
 
 import jax
 import ml_collections
-import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 from jax.sharding import Sharding, SingleDeviceSharding
@@ -289,11 +288,6 @@ def restore_for_inference(
     raise CheckpointError(
         f"Checkpoint step {step} in {directory} cannot be read ({problem}).{where}"
     )
-
-
-def as_numpy(tree: Any) -> Any:
-    """Host copies of a restored (replicated) pytree."""
-    return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), tree)
 
 
 def convert_official_checkpoint(

@@ -171,15 +171,21 @@ def _initialize_distributed(args: argparse.Namespace) -> None:
 
 
 def _run(args: argparse.Namespace, config) -> None:
+    # Each command imports JAX and its modules only here: --help stays instant, and the CPU-only
+    # re-execution with huge pages happens before JAX is loaded.
     workdir = getattr(args, "workdir", None)
     if workdir is not None and os.path.exists(workdir) and not os.path.isdir(workdir):
         raise ValueError(f"--workdir {workdir} is a file; give a folder (it is created if absent).")
     if workdir is not None and args.command not in ("train", "convert", "train-classifier"):
         run_record.warn_if_different(workdir, config)
     if args.command == "train":
+        from score_jax.report import report_after_training
+        from score_jax.score_model import build_score_model
         from score_jax.train.loop import train
 
-        train(config, args.workdir)
+        score_model = build_score_model(config)
+        on_finish = report_after_training(config, args.workdir, score_model)
+        train(config, args.workdir, score_model, on_finish)
     elif args.command == "eval":
         from score_jax.evaluation.run import evaluate
 

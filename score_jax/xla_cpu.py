@@ -18,6 +18,9 @@ import os
 import platform
 from collections.abc import MutableMapping
 
+import jaxlib.version
+from jax._src import xla_bridge
+
 from score_jax import backend_probe
 
 FLAG = "--xla_cpu_experimental_ynn_fusion_type="
@@ -26,21 +29,16 @@ OPT_OUT = "SCORE_JAX_CPU_YNNPACK"
 
 def _jaxlib_version() -> tuple[int, int] | None:
     try:
-        import jaxlib.version
-
         major, minor = jaxlib.version.__version__.split(".")[:2]
         return int(major), int(minor)
-    except (ImportError, ValueError):
+    except ValueError:
         return None
 
 
 def _jax_has_compiled() -> bool:
-    try:
-        from jax._src import xla_bridge
-
-        return bool(xla_bridge.backends_are_initialized())
-    except (ImportError, AttributeError):  # a JAX without this private helper: assume not
-        return False
+    # A JAX without this private helper: assume nothing has been compiled.
+    initialized = getattr(xla_bridge, "backends_are_initialized", None)
+    return bool(initialized()) if initialized is not None else False
 
 
 def should_disable_ynnpack(

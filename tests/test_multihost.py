@@ -41,8 +41,8 @@ import sys, jax, numpy as np
 from score_jax import cli
 from score_jax.train import loop
 real_train = loop.train
-def train_and_dump(config, workdir):
-    state = real_train(config, workdir)
+def train_and_dump(config, workdir, *args):
+    state = real_train(config, workdir, *args)
     leaves = [np.asarray(x.addressable_data(0)) for x in jax.tree.leaves(state.params)]
     np.savez(f"{workdir}/params_process{jax.process_index()}.npz", *leaves)
     return state

@@ -22,6 +22,10 @@ import ml_collections
 import numpy as np
 from flax import traverse_util
 
+from score_jax.models.convert_ddpm import ddpm_from_pytorch
+from score_jax.models.convert_ncsnv2 import ncsnv2_from_pytorch
+from score_jax.models.ncsnpp import NCSNpp
+
 _BUFFERS = ("sigmas",)
 
 
@@ -112,8 +116,6 @@ def ncsnpp_from_pytorch(
     state_dict: Mapping[str, Any], config: ml_collections.ConfigDict
 ) -> dict[str, Any]:
     """{'params': ...} for NCSNpp(config) from an official NCSN++ state_dict (no prefix)."""
-    from score_jax.models.ncsnpp import NCSNpp
-
     module = NCSNpp(config=config)
     x, labels = _example_inputs(config)
     expected_tree = jax.eval_shape(
@@ -187,12 +189,8 @@ def from_pytorch(
     if name == "ncsnpp":
         return ncsnpp_from_pytorch(state_dict, config)
     if name == "ddpm":
-        from score_jax.models.convert_ddpm import ddpm_from_pytorch
-
         return ddpm_from_pytorch(state_dict, config)
     if name.startswith("ncsnv2_"):
-        from score_jax.models.convert_ncsnv2 import ncsnv2_from_pytorch
-
         return ncsnv2_from_pytorch(state_dict, config)
     raise ConversionError(
         f"config.model.name={name!r} has no converter; official weights exist for "

@@ -41,7 +41,6 @@ from score_jax.score_model import ScoreModel, build_score_model
 from score_jax.state import TrainState, create_train_state
 from score_jax.train.metrics import MetricsWriter
 from score_jax.train.optimizer import get_optimizer
-from score_jax.train.report import final_report
 from score_jax.train.snapshots import make_snapshot_sampler
 from score_jax.train.step import make_train_step
 
@@ -219,12 +218,14 @@ def train(
     config: ml_collections.ConfigDict,
     workdir: str | Path,
     score_model: ScoreModel | None = None,
+    on_finish: Callable[[TrainState, int, float], None] | None = None,
 ) -> TrainState:
     """Trains (or resumes) until config.training.n_iters; returns the final state.
 
     SIGTERM saves the current state and raises TrainingPreempted; SIGINT (Ctrl-C) saves it and
     raises KeyboardInterrupt. Either way a rerun resumes from that checkpoint. `score_model` is
-    the config's SDE and network when the caller built them already."""
+    the config's SDE and network when the caller built them already; `on_finish(state, steps
+    run, seconds)` runs when training completes (the CLI's final report)."""
     workdir = Path(workdir)
     t = config.training
     # Orbax reports every file it writes at INFO through absl; keep the console readable.
@@ -243,20 +244,7 @@ def train(
         run_record.warn_if_different(workdir, config)
         if not resumed:  # a resumed run keeps the record of the run that made the workdir
             run_record.record_config(workdir, config)
-    parts = _Parts(
-        mesh=mesh,
-        manager=manager,
-        train_step=make_train_step(
-            config,
-            make_loss_fn(config, score_model.sde, score_model.model.apply, True),
-            optimizer,
-            mesh,
-        ),
-        evaluate=_make_evaluate(config, score_model, mesh, start),
-        sampler=make_snapshot_sampler(config, score_model) if t.snapshot_sampling else None,
-        writer=MetricsWriter(workdir, start_step=start),
-        bar=_progress_bar(start, t.n_iters, is_main),
-    )
+    parts = _make_parts(config, workdir, score_model, mesh, optimizer, manager, start)
     progress = _Progress(step=start, last_saved=start if resumed else None)
     started = time.perf_counter()
     # The handlers outlive the loop: the final wait for the asynchronous save is covered too.
@@ -271,29 +259,37 @@ def train(
     # A signal during the final save counts too, except where other processes may not know it.
     if progress.stopped or (stop.raised and jax.process_count() == 1):
         _stopped(stop.name, progress, workdir, is_main)
-    _finish(config, workdir, progress, state, time.perf_counter() - started, is_main)
+    if is_main:
+        _log_finish(workdir, progress)
+    if on_finish is not None:
+        on_finish(state, progress.ran, time.perf_counter() - started)
     return state
 
 
-def _finish(config, workdir: Path, progress: _Progress, state, seconds: float, is_main: bool):
-    """Logs the end of a finished run and writes its final report (if the config asks for one
-    and this run trained; an earlier run's report, with its training time, stands)."""
-    if is_main:
-        log.info(
-            "Training finished at step %d after %d step(s) in %d call(s) in this run; "
-            "checkpoints in %s.",
-            progress.step,
-            progress.ran,
-            progress.calls,
-            checkpoints.checkpoint_dir(workdir),
-        )
-    if not config.training.final_report:
-        return
-    if progress.ran == 0 and (workdir / "report.json").is_file():
-        log.info("Nothing left to train; the report is %s.", workdir / "report.json")
-        return
+def _make_parts(config, workdir: Path, score_model: ScoreModel, mesh, optimizer, manager, start):
+    """The compiled steps, evaluation, snapshot sampler, metrics writer and progress bar."""
+    t = config.training
+    loss_fn = make_loss_fn(config, score_model.sde, score_model.model.apply, True)
+    return _Parts(
+        mesh=mesh,
+        manager=manager,
+        train_step=make_train_step(config, loss_fn, optimizer, mesh),
+        evaluate=_make_evaluate(config, score_model, mesh, start),
+        sampler=make_snapshot_sampler(config, score_model) if t.snapshot_sampling else None,
+        writer=MetricsWriter(workdir, start_step=start),
+        bar=_progress_bar(start, t.n_iters, jax.process_index() == 0),
+    )
 
-    final_report(config, workdir, progress.step, state.ema_params, seconds)
+
+def _log_finish(workdir: Path, progress: _Progress) -> None:
+    log.info(
+        "Training finished at step %d after %d step(s) in %d call(s) in this run; "
+        "checkpoints in %s.",
+        progress.step,
+        progress.ran,
+        progress.calls,
+        checkpoints.checkpoint_dir(workdir),
+    )
 
 
 def _run_calls(config, workdir: Path, parts: _Parts, state, progress: _Progress, stop):

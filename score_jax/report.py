@@ -1,7 +1,9 @@
 """The closing report of a training run (config.training.final_report): samples, bits/dim, baseline.
 
-Writes `<workdir>/samples/final.png`, `<workdir>/report.json` and prints where they are, next
-to the test bits/dim of the EMA weights and of a full-covariance Gaussian baseline.
+It runs after training (the CLI hands it to `train` as `on_finish`), in the application layer,
+because it uses evaluation's bits/dim. Writes `<workdir>/samples/final.png` and
+`<workdir>/report.json` and prints where they are, next to the test bits/dim of the EMA weights
+and of a full-covariance Gaussian baseline.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,19 +20,19 @@ import jax
 import ml_collections
 import numpy as np
 
+from score_jax.evaluation.bpd import bpd_from_config
+from score_jax.evaluation.result_key import result_key
 from score_jax.images import save_samples_png
+from score_jax.score_model import ScoreModel, make_sample_fn
+from score_jax.state import TrainState
 from score_jax.train.baseline import gaussian_baseline_bpd
 
 log = logging.getLogger(__name__)
 NUM_SAMPLES = 64
 
 
-def _sample_grid(config, ema_params: Any, path: Path) -> Path:
-    from score_jax.models import get_model
-    from score_jax.sde import get_sde
-    from score_jax.train.snapshots import make_sample_fn
-
-    sample = make_sample_fn(config, get_sde(config), get_model(config), NUM_SAMPLES)
+def _sample_grid(config, score_model: ScoreModel, ema_params: Any, path: Path) -> Path:
+    sample = make_sample_fn(config, score_model, NUM_SAMPLES)
     local = jax.tree.map(lambda x: x.addressable_data(0), ema_params)
     x, _ = sample(local, jax.random.PRNGKey(config.seed + 5))
     x = np.clip(np.asarray(x), 0.0, 1.0) if np.ndim(x) == 4 else np.asarray(x)
@@ -37,24 +40,41 @@ def _sample_grid(config, ema_params: Any, path: Path) -> Path:
     return save_samples_png(x, path, upscale)
 
 
+def report_after_training(
+    config: ml_collections.ConfigDict, workdir: str | Path, score_model: ScoreModel
+) -> Callable[[TrainState, int, float], None]:
+    """on_finish(state, steps run, seconds) for `train`: the final report, if the config asks
+    for one and the run trained (an earlier run's report, with its training time, stands)."""
+    workdir = Path(workdir)
+
+    def on_finish(state: TrainState, steps_run: int, seconds: float) -> None:
+        if not config.training.final_report:
+            return
+        if steps_run == 0 and (workdir / "report.json").is_file():
+            log.info("Nothing left to train; the report is %s.", workdir / "report.json")
+            return
+        step = int(jax.device_get(state.step.addressable_data(0)))
+        final_report(config, workdir, score_model, step, state.ema_params, seconds)
+
+    return on_finish
+
+
 def final_report(
     config: ml_collections.ConfigDict,
     workdir: str | Path,
+    score_model: ScoreModel,
     step: int,
     ema_params: Any,
     train_seconds: float,
 ) -> dict:
     """Samples, test bits/dim of `ema_params` and the Gaussian baseline; returns the report."""
-    from score_jax.evaluation.bpd import bpd_from_config
-    from score_jax.evaluation.result_key import result_key
-
     workdir = Path(workdir)
     tic = time.perf_counter()
     report: dict[str, Any] = {"step": step, "train_seconds": round(train_seconds, 1)}
     if jax.process_index() == 0:
         try:
             report["samples_png"] = str(
-                _sample_grid(config, ema_params, workdir / "samples" / "final.png")
+                _sample_grid(config, score_model, ema_params, workdir / "samples" / "final.png")
             )
         except Exception as err:  # noqa: BLE001 -- the bits/dim below still matter
             log.warning("No final samples: %s: %s", type(err).__name__, err)
