@@ -6,7 +6,7 @@ import pytest
 
 from score_jax import parallel
 from score_jax.config import load_config
-from score_jax.models.mlp import MLP
+from score_jax.models import get_model
 from score_jax.objective import make_eval_step, make_loss_fn
 from score_jax.sde import get_sde
 from score_jax.state import create_train_state
@@ -29,7 +29,7 @@ def mixture_batches(n_calls, n_steps, batch, seed=0):
 
 
 def run_steps(config, mesh, batches, unroll=False):
-    model = MLP(config)
+    model = get_model(config)
     sde = get_sde(config)
     optimizer = get_optimizer(config)
     params = model.init(jax.random.PRNGKey(1), batches[0, 0, :1], np.ones(1), train=False)["params"]
@@ -83,7 +83,7 @@ def test_four_devices_equal_one_device():
 
 def test_eval_step_is_device_count_independent():
     config = tiny_config()
-    model, sde = MLP(config), get_sde(config)
+    model, sde = get_model(config), get_sde(config)
     images = mixture_batches(1, 1, 16)[0, 0]
     params = model.init(jax.random.PRNGKey(1), images[:1], np.ones(1), train=False)["params"]
     loss_fn = make_loss_fn(config, sde, model.apply, False)
@@ -128,7 +128,7 @@ def test_three_devices_pad_a_batch_they_cannot_split_and_equal_one_device():
 
 def test_eval_step_pads_a_batch_it_cannot_split():
     config = tiny_config(**{"eval.batch_size": 15})
-    model, sde = MLP(config), get_sde(config)
+    model, sde = get_model(config), get_sde(config)
     images = mixture_batches(1, 1, 15)[0, 0]
     params = model.init(jax.random.PRNGKey(1), images[:1], np.ones(1), train=False)["params"]
     loss_fn = make_loss_fn(config, sde, model.apply, False)

@@ -8,7 +8,8 @@ import pytest
 
 from score_jax import checkpoints, parallel
 from score_jax.config import load_config
-from score_jax.models.mlp import MLP, example_input_shape
+from score_jax.models import get_model
+from score_jax.models.mlp import example_input_shape
 from score_jax.state import create_train_state
 from score_jax.train.optimizer import get_optimizer
 
@@ -23,7 +24,7 @@ def make_state(nf: int, seed: int = 0):
 
     @jax.jit  # one compiled program instead of hundreds of eager ops on a busy machine
     def build(key):
-        params = MLP(config).init(key, x, np.ones(1), train=False)["params"]
+        params = get_model(config).init(key, x, np.ones(1), train=False)["params"]
         state = create_train_state(params, optimizer, jax.random.fold_in(key, 1))
         # Non-trivial optimizer moments and EMA, so a mix-up of items would show.
         grads = jax.tree.map(lambda p: p + 1.0, params)

@@ -22,9 +22,9 @@ import ml_collections
 import numpy as np
 from flax import traverse_util
 
+from score_jax.models import get_model
 from score_jax.models.convert_ddpm import ddpm_from_pytorch
 from score_jax.models.convert_ncsnv2 import ncsnv2_from_pytorch
-from score_jax.models.ncsnpp import NCSNpp
 
 _BUFFERS = ("sigmas",)
 
@@ -116,7 +116,7 @@ def ncsnpp_from_pytorch(
     state_dict: Mapping[str, Any], config: ml_collections.ConfigDict
 ) -> dict[str, Any]:
     """{'params': ...} for NCSNpp(config) from an official NCSN++ state_dict (no prefix)."""
-    module = NCSNpp(config=config)
+    module = get_model(config)
     x, labels = _example_inputs(config)
     expected_tree = jax.eval_shape(
         lambda: module.init(jax.random.PRNGKey(0), jnp.zeros(x.shape), labels)

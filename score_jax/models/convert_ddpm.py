@@ -17,7 +17,8 @@ import ml_collections
 import numpy as np
 from flax import traverse_util
 
-from score_jax.models.ddpm import DDPM, module_names, sigma_table
+from score_jax.models import get_model
+from score_jax.models.ddpm import module_names, sigma_table
 
 Path = tuple[str, ...]
 
@@ -122,5 +123,5 @@ def ddpm_from_pytorch(
             continue
         leaf, array = torch_leaf(parts[-1], np.asarray(value))
         converted[(names[int(parts[1])], *parts[2:-1], leaf)] = (key, array)
-    expected = param_shapes(DDPM(config=config), config, jnp.float32)
+    expected = param_shapes(get_model(config), config, jnp.float32)
     return {"params": nest_checked(converted, expected, unexpected, "DDPM")}

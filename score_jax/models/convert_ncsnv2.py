@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from score_jax.models import get_model
 from score_jax.models.convert_ddpm import (
     Path,
     check_sigmas,
@@ -54,5 +55,5 @@ def ncsnv2_from_pytorch(
         *modules, leaf = flax_path(key)
         new_leaf, array = torch_leaf(leaf, np.asarray(value))
         converted[(*modules, new_leaf)] = (key, array)
-    expected = param_shapes(NCSNV2_MODELS[name](config=config), config, jnp.int32)
+    expected = param_shapes(get_model(config), config, jnp.int32)
     return {"params": nest_checked(converted, expected, [], name)}
