@@ -3,7 +3,8 @@
 It runs after training (the CLI hands it to `train` as `on_finish`), in the application layer,
 because it uses evaluation's bits/dim. Writes `<workdir>/samples/final.png` and
 `<workdir>/report.json` and prints where they are, next to the test bits/dim of the EMA weights
-and of a full-covariance Gaussian baseline.
+and of the classical baselines (`evaluation.baselines`: Gaussian, Gaussian mixtures, per-pixel
+categorical) on the data's own quantization scale.
 """
 
 from __future__ import annotations
@@ -20,12 +21,12 @@ import jax
 import ml_collections
 import numpy as np
 
-from score_jax.evaluation.bpd import bpd_from_config
+from score_jax.evaluation.baselines import baselines_bpd, format_baselines
+from score_jax.evaluation.bpd import bpd_from_config, bpd_key
 from score_jax.evaluation.result_key import result_key
 from score_jax.images import save_samples_png
 from score_jax.score_model import ScoreModel, make_sample_fn
 from score_jax.state import TrainState
-from score_jax.train.baseline import gaussian_baseline_bpd
 
 log = logging.getLogger(__name__)
 NUM_SAMPLES = 64
@@ -67,7 +68,7 @@ def final_report(
     ema_params: Any,
     train_seconds: float,
 ) -> dict:
-    """Samples, test bits/dim of `ema_params` and the Gaussian baseline; returns the report."""
+    """Samples, test bits/dim of `ema_params` and the baselines; returns the report."""
     workdir = Path(workdir)
     tic = time.perf_counter()
     report: dict[str, Any] = {"step": step, "train_seconds": round(train_seconds, 1)}
@@ -81,13 +82,12 @@ def final_report(
     # The folder `score-jax likelihood` uses for the same config, step and weights.
     folder = workdir / "likelihood" / f"test_step{step}_{result_key(config, step, ema_params)}"
     model = bpd_from_config(config, ema_params, "test", folder=folder, step=step)
-    baseline = gaussian_baseline_bpd(config)
     report.update(
         test_bpd=model["bpd"],
         test_bpd_stderr=model["bpd_stderr"],
-        baseline_bpd=baseline["bpd"],
-        baseline_bpd_stderr=baseline["bpd_stderr"],
-        baseline="full-covariance Gaussian fitted to the dequantized training images",
+        levels=model["levels"],
+        # Fitted on 'train', scored on the model's test points and dequantization noise.
+        baselines=baselines_bpd(config, bpd_key(config, step)),
         report_seconds=round(time.perf_counter() - tic, 1),
     )
     if jax.process_index() == 0:
@@ -100,16 +100,15 @@ def final_report(
 
 
 def _summary(report: dict, path: Path, workdir: Path) -> str:
-    verdict = "beats" if report["test_bpd"] < report["baseline_bpd"] else "does NOT beat"
+    scale = "" if report["levels"] is None else f" on the {report['levels']}-level scale"
     return "\n".join(
         [
             "",
             f"Trained {report['step']} steps in {report['train_seconds']:.0f} s "
             f"(final report {report['report_seconds']:.0f} s).",
-            f"  test bits/dim (EMA weights): {report['test_bpd']:.3f} "
+            f"  test bits/dim (EMA weights){scale}: {report['test_bpd']:.3f} "
             f"+- {report['test_bpd_stderr']:.3f}",
-            f"  Gaussian baseline:           {report['baseline_bpd']:.3f} "
-            f"+- {report['baseline_bpd_stderr']:.3f} (the score model {verdict} it)",
+            *format_baselines(report["baselines"], report["test_bpd"]),
             f"  samples:     {report.get('samples_png', 'not written')}",
             f"  report:      {path}",
             f"  checkpoints: {workdir / 'checkpoints'}",

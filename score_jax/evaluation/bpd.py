@@ -33,6 +33,7 @@ import numpy as np
 from tqdm import tqdm
 
 from score_jax import parallel
+from score_jax.evaluation.baselines import baselines_bpd, format_baselines
 from score_jax.likelihood import (
     HUTCHINSON_TYPES,
     bits_per_dim,
@@ -229,6 +230,12 @@ def _config_bpd_step(config, mesh: jax.sharding.Mesh, levels: int | None) -> Bpd
     )
 
 
+def bpd_key(config, step: int) -> jax.Array:
+    """The key of `bpd_from_config`'s noise at checkpoint `step`: split(key)[0] dequantizes
+    (example i of pass r: fold_in(fold_in(split(key)[0], r), i)), split(key)[1] draws probes."""
+    return jax.random.fold_in(jax.random.PRNGKey(config.seed + 2), step)
+
+
 def bpd_from_config(
     config,
     params: Any,
@@ -256,7 +263,7 @@ def bpd_from_config(
     bpd_step = _config_bpd_step(config, mesh, levels)
     dataset = get_dataset(config, split, batch_size=batch_size, shuffle=False, seed=0,
                           num_epochs=1, drop_remainder=False)  # fmt: skip
-    key = jax.random.fold_in(jax.random.PRNGKey(config.seed + 2), step)
+    key = bpd_key(config, step)
     result = dataset_bpd(
         bpd_step,
         jax.device_put(params, parallel.replicated(mesh)),
@@ -306,14 +313,19 @@ def run_likelihood(config, workdir: str | Path, split: str, step: int | None = N
     result = bpd_from_config(config, params, split, folder=root / name, step=step)
     result["step"] = step
     if jax.process_index() == 0:
+        if split == "test":  # fitted on 'train', scored on the same test points and noise
+            result["baselines"] = baselines_bpd(config, bpd_key(config, step))
         path = root / f"{name}.json"
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(json.dumps(result, indent=2, sort_keys=True))
         os.replace(tmp, path)
         stderr = result["bpd_stderr"]
+        scale = "" if result["levels"] is None else f", {result['levels']}-level scale"
         print(
             f"bits/dim on {split} at step {step}: {result['bpd']:.4f} +- "
             f"{stderr if stderr is None else f'{stderr:.4f}'} (standard error, "
-            f"{result['num_values']} values, {result['repeats']} repeats); wrote {path}"
+            f"{result['num_values']} values, {result['repeats']} repeats{scale}); wrote {path}"
         )
+        if split == "test":
+            print("\n".join(format_baselines(result["baselines"], result["bpd"])))
     return result

@@ -1,9 +1,10 @@
 """A full-covariance Gaussian baseline for bits/dim, computed the way the score model's is.
 
 The Gaussian is fitted (maximum likelihood) to the training images after the same uniform
-dequantization x = (k + u) / 256 and the same scaler as the model's evaluation; its bits/dim on
-the test split uses the same dequantization rule, the same number of noise passes and the same
-offset (`score_jax.likelihood.bpd_offset`). Meant for small in-memory datasets (digits).
+dequantization x = (k + u) / L on the data's L levels and the same scaler as the model's
+evaluation; its bits/dim on the test split uses the same dequantization rule, the same number
+of noise passes and the same offset (`score_jax.likelihood.bpd_offset`). Meant for small
+in-memory datasets (digits).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from score_jax.data import get_inverse_scaler, get_scaler, get_source
+from score_jax.data import get_inverse_scaler, get_scaler, get_source, quantization_levels
 from score_jax.likelihood import bits_per_dim, bpd_offset, dequantize
 
 
@@ -25,7 +26,7 @@ def _dequantized(config, split: str, key: jax.Array, repeat: int) -> np.ndarray:
             f"The Gaussian bits/dim baseline needs 8-bit images; {config.data.dataset} gives "
             f"{images.dtype}."
         )
-    x = dequantize(key, images, np.arange(len(images)), repeat)
+    x = dequantize(key, images, np.arange(len(images)), repeat, quantization_levels(config))
     x = get_scaler(config)(x)
     return np.asarray(x, np.float64).reshape(len(images), -1)
 
@@ -50,7 +51,7 @@ def gaussian_baseline_bpd(config: ml_collections.ConfigDict, repeats: int | None
     train = np.concatenate([_dequantized(config, "train", fit_key, r) for r in range(repeats)])
     mean = train.mean(axis=0)
     cov = np.cov(train, rowvar=False, bias=True)
-    offset = bpd_offset(get_inverse_scaler(config))
+    offset = bpd_offset(get_inverse_scaler(config), quantization_levels(config))
     values = []
     for r in range(repeats):
         test = _dequantized(config, "test", test_key, r)
