@@ -4,12 +4,10 @@ Same values as the official score_sde config subvp/cifar10_ddpmpp_continuous.py.
 """
 
 from configs.architectures import set_ddpmpp
-from configs.defaults import get_default_configs, set_pc_sampler, set_sde
+from configs.official import official
 
 
 def get_config():
-    config = get_default_configs()
-    set_sde(config, "subvpsde", continuous=True, reduce_mean=True)
-    set_pc_sampler(config, "euler_maruyama", "none")
+    config = official("cifar10", "subvpsde", continuous=True)
     set_ddpmpp(config)
     return config

@@ -4,14 +4,11 @@ Same values as the official score_sde config subvp/cifar10_ncsnpp_deep_continuou
 """
 
 from configs.architectures import set_ncsnpp
-from configs.defaults import get_default_configs, set_pc_sampler, set_sde
+from configs.official import official
 
 
 def get_config():
-    config = get_default_configs()
-    set_sde(config, "subvpsde", continuous=True, reduce_mean=True)
-    config.training.n_iters = 950001
-    set_pc_sampler(config, "euler_maruyama", "none")
+    config = official("cifar10", "subvpsde", continuous=True, deep=True)
     set_ncsnpp(
         config, scale_by_sigma=False, ema_rate=0.9999, num_res_blocks=8, embedding_type="positional"
     )

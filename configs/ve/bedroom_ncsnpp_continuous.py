@@ -4,13 +4,12 @@ Same values as the official score_sde config ve/bedroom_ncsnpp_continuous.py.
 """
 
 from configs.architectures import set_ncsnpp_256
-from configs.defaults import get_lsun_default_configs, set_lsun_category, set_pc_sampler, set_sde
+from configs.defaults import set_lsun_category
+from configs.official import official
 
 
 def get_config():
-    config = get_lsun_default_configs()
-    set_sde(config, "vesde", continuous=True)
-    set_pc_sampler(config, "reverse_diffusion", "langevin")
+    config = official("lsun", "vesde", continuous=True)
     set_lsun_category(config, "bedroom")
     set_ncsnpp_256(config)
     return config

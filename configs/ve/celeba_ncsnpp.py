@@ -4,13 +4,11 @@ Same values as the official score_sde config ve/celeba_ncsnpp.py.
 """
 
 from configs.architectures import set_ncsnpp
-from configs.defaults import get_celeba_default_configs, set_pc_sampler, set_sde
+from configs.official import official
 
 
 def get_config():
-    config = get_celeba_default_configs()
-    set_sde(config, "vesde", continuous=False)
-    set_pc_sampler(config, "reverse_diffusion", "langevin")
+    config = official("celeba", "vesde", continuous=False)
     set_ncsnpp(config, scale_by_sigma=True, ema_rate=0.999, embedding_type="positional")
     config.model.sigma_begin = 90
     return config

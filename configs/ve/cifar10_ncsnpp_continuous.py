@@ -4,12 +4,10 @@ Same values as the official score_sde config ve/cifar10_ncsnpp_continuous.py.
 """
 
 from configs.architectures import set_ncsnpp
-from configs.defaults import get_default_configs, set_pc_sampler, set_sde
+from configs.official import official
 
 
 def get_config():
-    config = get_default_configs()
-    set_sde(config, "vesde", continuous=True)
-    set_pc_sampler(config, "reverse_diffusion", "langevin")
+    config = official("cifar10", "vesde", continuous=True)
     set_ncsnpp(config, scale_by_sigma=True, ema_rate=0.999)
     return config

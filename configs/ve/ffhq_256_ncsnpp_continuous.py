@@ -4,13 +4,11 @@ Same values as the official score_sde config ve/ffhq_256_ncsnpp_continuous.py.
 """
 
 from configs.architectures import set_ncsnpp_256
-from configs.defaults import get_lsun_default_configs, set_pc_sampler, set_sde
+from configs.official import official
 
 
 def get_config():
-    config = get_lsun_default_configs()
-    set_sde(config, "vesde", continuous=True)
-    set_pc_sampler(config, "reverse_diffusion", "langevin")
+    config = official("lsun", "vesde", continuous=True)
     config.data.dataset = "FFHQ"
     config.data.image_size = 256
     set_ncsnpp_256(config)

@@ -4,16 +4,15 @@ Same values as the official score_sde config ve/ncsnv2/bedroom.py.
 """
 
 from configs.architectures import set_ncsnv2
-from configs.defaults import get_lsun_default_configs, set_lsun_category, set_pc_sampler, set_sde
+from configs.defaults import set_lsun_category
+from configs.official import official
 
 
 def get_config():
-    config = get_lsun_default_configs()
-    config.training.batch_size = 128
     # The official file misspells the key (`continuouse`) and so keeps continuous=True, which NCSNv2
     # cannot use (it indexes its noise levels); the intended discrete setting is used here.
-    set_sde(config, "vesde", continuous=False)
-    set_pc_sampler(config, "none", "ald")
+    config = official("lsun", "vesde", continuous=False, sampler=("none", "ald"))
+    config.training.batch_size = 128
     config.sampling.n_steps_each = 3
     config.sampling.snr = 0.095
     set_lsun_category(config, "bedroom")

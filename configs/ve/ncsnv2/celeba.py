@@ -4,13 +4,11 @@ Same values as the official score_sde config ve/ncsnv2/celeba.py.
 """
 
 from configs.architectures import set_ncsnv2
-from configs.defaults import get_celeba_default_configs, set_pc_sampler, set_sde
+from configs.official import official
 
 
 def get_config():
-    config = get_celeba_default_configs()
-    set_sde(config, "vesde", continuous=False)
-    set_pc_sampler(config, "none", "ald")
+    config = official("celeba", "vesde", continuous=False, sampler=("none", "ald"))
     config.sampling.n_steps_each = 5
     config.sampling.snr = 0.128
     set_ncsnv2(config, name="ncsnv2_64", num_scales=500, ema_rate=0.999, lr=1e-4)

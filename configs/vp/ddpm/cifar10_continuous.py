@@ -4,12 +4,10 @@ Same values as the official score_sde config vp/ddpm/cifar10_continuous.py.
 """
 
 from configs.architectures import set_ddpm
-from configs.defaults import get_default_configs, set_pc_sampler, set_sde
+from configs.official import official
 
 
 def get_config():
-    config = get_default_configs()
-    set_sde(config, "vpsde", continuous=True, reduce_mean=True)
-    set_pc_sampler(config, "euler_maruyama", "none")
+    config = official("cifar10", "vpsde", continuous=True)
     set_ddpm(config, scale_by_sigma=False, ema_rate=0.9999)
     return config
