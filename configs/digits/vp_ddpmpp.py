@@ -1,10 +1,12 @@
 """A small DDPM++ on the built-in 8x8 digits, VP SDE, continuous time: trains on a CPU in minutes.
 
 The default run of the README (`score-jax train --config configs/digits/vp_ddpmpp.py --workdir
-runs/digits`): after the last step it writes a sample grid and the test-set bits/dim next to a
-full-covariance Gaussian baseline (config.training.final_report).
-Measured on a 2-core CPU: 4000 steps in 111 s, report 42 s, 2 min 46 s in all; test bits/dim
-4.598 +- 0.024 against 6.461 +- 0.066 for the Gaussian.
+runs/digits`): after the last step it writes a sample grid and the test-set bits/dim next to
+the classical baselines (config.training.final_report), on the digits' own 17 levels.
+Measured on a 2-core CPU shared with other jobs (load average 5-7): 4000 steps in 426 s
+(7-16 steps/s), report 254 s (bits/dim ~550 NFE per batch), 12 min in all; test bits/dim
+1.957 +- 0.015 against 2.938 (Gaussian), 2.663 (GMM), 2.560 (diagonal GMM) and 2.421
+(per-pixel categorical). Without importance weighting: 2.102 +- 0.014.
 """
 
 from configs.architectures import set_ddpmpp
@@ -19,8 +21,10 @@ def get_config():
     set_ddpmpp(config, num_res_blocks=1)
 
     set_digits_run(config, n_iters=4000)
-    # Weighting by g(t)^2 makes the loss a bound on -log p: what the bits/dim measure.
+    # Weighting by g(t)^2 makes the loss a bound on -log p: what the bits/dim measure. Drawing
+    # the times from g^2 / std^2 estimates it with less variance (2.10 -> 1.96 bits/dim).
     config.training.likelihood_weighting = True
+    config.training.importance_weighting = True
 
     model = config.model
     model.nf = 16
