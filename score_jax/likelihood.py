@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from score_jax import rk45
+from score_jax.data import to_float  # the data pipeline's one uint8 -> float rule
 from score_jax.sde import SDE, ScoreFn
 
 HUTCHINSON_TYPES = ("rademacher", "gaussian", "exact")
@@ -239,8 +240,6 @@ def dequantize(
     the example's index in the dataset (example_ids [B]), so it is the same whatever batch, device
     or host the example lands on, and each repeat of the evaluation set sees fresh noise.
     """
-    from score_jax.data import to_float  # the data pipeline's one uint8 -> float rule
-
     images = jnp.asarray(images)
     if images.dtype != jnp.uint8:
         raise ValueError(f"dequantize expects uint8 images, got dtype {images.dtype}")
@@ -265,47 +264,3 @@ def check_unit_range(images: np.ndarray, name: str = "images") -> None:
             f"{name} must lie in [0, 1] (the data space before the scaler), found values in "
             f"[{low:g}, {high:g}]; 8-bit data should be passed as uint8"
         )
-
-
-def likelihood_cost_breakdown(
-    score_fn: ScoreFn,
-    sde: SDE,
-    x: jax.Array,
-    hutchinson: str = "rademacher",
-    repeats: int = 5,
-    **solve_kwargs,
-) -> dict[str, float]:
-    """Wall-clock seconds of one score forward, one forward + VJP, one augmented-drift
-    evaluation, and a whole solve (its NFE and seconds per NFE), best of `repeats`, compiled.
-
-    `per_nfe_over_forward_vjp` near 1 says an ODE step costs what its evaluations cost.
-    """
-    import time
-
-    t = jnp.full((x.shape[0],), 0.5, x.dtype)
-    probes = None if hutchinson == "exact" else draw_probes(jax.random.key(0), hutchinson, x.shape)
-    forward = jax.jit(score_fn)
-    forward_vjp = jax.jit(lambda x, v: jax.vjp(lambda y: score_fn(y, t), x)[1](v))
-    field = jax.jit(augmented_drift(score_fn, sde, hutchinson))
-    state = (x, jnp.zeros((x.shape[0],), x.dtype))
-    solve_key = jax.random.key(1)
-    calls = {
-        "forward_s": lambda: forward(x, t),
-        "forward_vjp_s": lambda: forward_vjp(x, x),
-        "augmented_drift_s": lambda: field(jnp.float32(0.5), state, probes),
-        "solve_s": lambda: log_likelihood(solve_key, score_fn, sde, x, hutchinson, **solve_kwargs),
-    }
-    times: dict[str, float] = {}
-    for name, call in calls.items():
-        jax.block_until_ready(call())  # compile
-        best = math.inf
-        for _ in range(repeats):
-            start = time.perf_counter()
-            out = jax.block_until_ready(call())
-            best = min(best, time.perf_counter() - start)
-        times[name] = best
-        if name == "solve_s":
-            times["nfe"] = float(out[2])
-    times["solve_per_nfe_s"] = times["solve_s"] / times["nfe"]
-    times["per_nfe_over_forward_vjp"] = times["solve_per_nfe_s"] / times["forward_vjp_s"]
-    return times

@@ -81,7 +81,9 @@ def final_report(
             log.warning("No final samples: %s: %s", type(err).__name__, err)
     # The folder `score-jax likelihood` uses for the same config, step and weights.
     folder = workdir / "likelihood" / f"test_step{step}_{result_key(config, step, ema_params)}"
-    model = bpd_from_config(config, ema_params, "test", folder=folder, step=step)
+    model = bpd_from_config(
+        config, ema_params, "test", folder=folder, step=step, score_model=score_model
+    )
     report.update(
         test_bpd=model["bpd"],
         test_bpd_stderr=model["bpd_stderr"],

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from score_jax import cli, models
+from score_jax import cli, models, score_model
 from score_jax.likelihood import dequantize
 from score_jax.toy import GaussianMixture
 
@@ -101,7 +101,7 @@ def hand_bits_per_dim(test_images: np.ndarray) -> np.ndarray:
 
 def test_likelihood_and_eval_bits_per_dim_equal_hand_computation(setup, monkeypatch, capsys):
     config_path, workdir, test_images = setup
-    monkeypatch.setattr(models, "get_score_fn", exact_score_fn)
+    monkeypatch.setattr(score_model, "get_score_fn", exact_score_fn)
     expected = hand_bits_per_dim(test_images)
     # ~8 bits/dim: log2(128 * 0.2 * sqrt(2 pi e)) = 6.72 plus the spread of the sample.
     assert 6 < expected.mean() < 8

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from score_jax import models, parallel
+from score_jax import parallel, score_model
 from score_jax.config import load_config
 from score_jax.data import get_source, quantization_levels, to_float
 from score_jax.evaluation.bpd import bpd_from_config, dataset_bpd, make_bpd_step
@@ -120,7 +120,7 @@ def test_digits_bits_per_dim_from_config_use_seventeen_levels(monkeypatch):
         flat = _gaussian(dim).score_fn(sde)
         return lambda x, t: flat(x.reshape(x.shape[0], dim), t).reshape(x.shape)
 
-    monkeypatch.setattr(models, "get_score_fn", exact_score_fn)
+    monkeypatch.setattr(score_model, "get_score_fn", exact_score_fn)
     config.eval.batch_size = 297
     result = bpd_from_config(config, {}, "test", progress=False)
     assert result["levels"] == 17

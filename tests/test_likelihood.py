@@ -20,7 +20,6 @@ from score_jax.likelihood import (
     bpd_offset,
     check_unit_range,
     dequantize,
-    likelihood_cost_breakdown,
     log_likelihood,
 )
 from score_jax.sde import VESDE, VPSDE
@@ -202,16 +201,6 @@ def test_reported_nfe_counts_evaluations_and_no_retrace():
     second, _, _ = log_likelihood(jax.random.key(2), score_fn, sde, x + 0.5)
     assert len(traces) == n_traces  # same shapes and score_fn: the compiled solve is reused
     assert not np.allclose(first, second)
-
-
-def test_cost_breakdown_for_the_benchmark(own):
-    _, x, scores = own  # the exact-trace solve of this score and shape is compiled already
-    sde = SDES["vp"]
-    costs = likelihood_cost_breakdown(scores["vp"], sde, x, "exact", repeats=1)
-    _, _, nfe = log_likelihood(jax.random.key(1), scores["vp"], sde, x, "exact")
-    assert costs["nfe"] == int(nfe)
-    assert costs["solve_per_nfe_s"] == pytest.approx(costs["solve_s"] / costs["nfe"])
-    assert all(costs[k] > 0 for k in ("forward_s", "forward_vjp_s", "augmented_drift_s"))
 
 
 def test_rk45_takes_scipys_steps_including_rejections():

@@ -15,9 +15,18 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+import jax
+
+from score_jax.data.arrays import npz_source
+from score_jax.data.digits import NUM_LEVELS, digits_source
+from score_jax.data.folder import folder_source
+from score_jax.data.mixture import mixture_source
 from score_jax.data.pipeline import BatchPlan, Dataset, host_batches, stack_batches
 from score_jax.data.preprocess import get_inverse_scaler, get_scaler, to_float
 from score_jax.data.source import CachedSource, DecodedSource, Source, SubsetSource
+from score_jax.data.tfds import tfds_num_examples, tfds_source
+from score_jax.data.tfrecord import tfrecord_source
+from score_jax.parallel import prefetch_to_mesh as _prefetch
 
 __all__ = [
     "SOURCES",
@@ -37,32 +46,22 @@ __all__ = [
 
 
 def _digits(config, split):
-    from score_jax.data.digits import digits_source
-
     return digits_source(config, split)
 
 
 def _mixture(config, split):
-    from score_jax.data.mixture import mixture_source
-
     return mixture_source(config, split)
 
 
 def _npz(config, split):
-    from score_jax.data.arrays import npz_source
-
     return npz_source(config, split)
 
 
 def _folder(config, split):
-    from score_jax.data.folder import folder_source
-
     return folder_source(config, split)
 
 
 def _tfds(config, split):
-    from score_jax.data.tfds import tfds_source
-
     return tfds_source(config, split)
 
 
@@ -72,8 +71,6 @@ def _folder_or_tfds(config, split):
     if config.data.get("path"):
         return _folder(config, split)
     if config.data.get("tfrecords_path"):
-        from score_jax.data.tfrecord import tfrecord_source
-
         return tfrecord_source(config, split)
     if config.data.dataset == "FFHQ":
         raise FileNotFoundError(
@@ -135,8 +132,6 @@ def num_examples(config, split: str) -> int:
         and not config.data.get("path")
         and not config.data.get("tfrecords_path")
     ):
-        from score_jax.data.tfds import tfds_num_examples
-
         return tfds_num_examples(config, split)  # from the metadata, without opening the data
     return len(get_source(config, split))
 
@@ -153,8 +148,6 @@ def quantization_levels(config) -> int | None:
     if name == "MIXTURE":
         return None
     if name == "DIGITS" and config.data.image_size == 8:
-        from score_jax.data.digits import NUM_LEVELS
-
         return NUM_LEVELS
     return 256
 
@@ -184,8 +177,6 @@ def get_dataset(
     (keep it above training.n_jitted_steps: a training call takes that many batches at once).
     """
     if process_index is None or process_count is None:
-        import jax
-
         process_index, process_count = jax.process_index(), jax.process_count()
     source = get_source(config, split)
     plan = BatchPlan(
@@ -207,6 +198,4 @@ def prefetch_to_mesh(batches: Iterable, mesh, size: int = 2, batch_axis: int = 0
 
     Each host passes its own B_local rows; see score_jax.parallel.prefetch_to_mesh.
     """
-    from score_jax.parallel import prefetch_to_mesh as _prefetch
-
     return _prefetch(batches, mesh, size=size, batch_axis=batch_axis)

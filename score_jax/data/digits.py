@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 
 import numpy as np
+from sklearn.datasets import load_digits
 
 from score_jax.data.preprocess import resize
 from score_jax.data.source import ArraySource, check_split
@@ -24,8 +25,6 @@ NUM_LEVELS = 17
 
 @functools.cache
 def _all_digits() -> tuple[np.ndarray, np.ndarray]:
-    from sklearn.datasets import load_digits
-
     digits = load_digits()
     images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
     return images, digits.target.astype(np.int32)

@@ -33,7 +33,10 @@ import numpy as np
 from tqdm import tqdm
 
 from score_jax import parallel
+from score_jax.checkpoints import restore_for_inference
+from score_jax.data import get_dataset, get_inverse_scaler, get_scaler, quantization_levels
 from score_jax.evaluation.baselines import baselines_bpd, format_baselines
+from score_jax.evaluation.result_key import result_key
 from score_jax.likelihood import (
     HUTCHINSON_TYPES,
     bits_per_dim,
@@ -43,6 +46,7 @@ from score_jax.likelihood import (
     draw_probes,
     log_likelihood,
 )
+from score_jax.score_model import ScoreModel, build_score_model
 from score_jax.sde import SDE, ScoreFn
 
 log = logging.getLogger(__name__)
@@ -207,21 +211,14 @@ def _summarise(results: list[dict], repeats: int) -> dict:
     }
 
 
-def _config_bpd_step(config, mesh: jax.sharding.Mesh, levels: int | None) -> BpdStep:
-    """make_bpd_step for config's SDE, model, scaler and the bits/dim offset of the data's
+def _config_bpd_step(
+    config, score_model: ScoreModel, mesh: jax.sharding.Mesh, levels: int | None
+) -> BpdStep:
+    """make_bpd_step for the score model, config's scaler and the bits/dim offset of the data's
     `levels` (none for raw points, levels None)."""
-    from score_jax.data import get_inverse_scaler, get_scaler
-    from score_jax.models import get_model, get_score_fn
-    from score_jax.sde import get_sde
-
-    sde, model = get_sde(config), get_model(config)
-
-    def score_fn_builder(p):
-        return get_score_fn(sde, model, {"params": p}, continuous=config.training.continuous)
-
     return make_bpd_step(
-        score_fn_builder,
-        sde,
+        score_model.score_fn,
+        score_model.sde,
         mesh,
         scaler=get_scaler(config),
         offset=0.0 if levels is None else bpd_offset(get_inverse_scaler(config), levels),
@@ -245,14 +242,14 @@ def bpd_from_config(
     folder: str | Path | None = None,
     step: int = 0,
     progress: bool = True,
+    score_model: ScoreModel | None = None,
 ) -> dict:
-    """Bits/dim of `split` under the EMA (or any) `params` of config's model.
+    """Bits/dim of `split` under the EMA (or any) `params` of config's model (`score_model`
+    when the caller built it already).
 
     The training loop and `score-jax eval` call this with their parameters; `step` only enters
     the noise keys, so that different checkpoints see different (but reproducible) noise.
     """
-    from score_jax.data import get_dataset, quantization_levels
-
     mesh = parallel.make_mesh() if mesh is None else mesh
     # Any eval.batch_size on any number of devices (one process): the batch is rounded up to a
     # multiple of the devices, the last one padded and masked. Per-example noise keys keep the
@@ -260,7 +257,7 @@ def bpd_from_config(
     batch_size = parallel.padded_batch_size(config.eval.batch_size, mesh, "eval.batch_size")
     levels = quantization_levels(config)
     continuous = levels is None  # raw points: no grid, no offset
-    bpd_step = _config_bpd_step(config, mesh, levels)
+    bpd_step = _config_bpd_step(config, score_model or build_score_model(config), mesh, levels)
     dataset = get_dataset(config, split, batch_size=batch_size, shuffle=False, seed=0,
                           num_epochs=1, drop_remainder=False)  # fmt: skip
     key = bpd_key(config, step)
@@ -304,9 +301,6 @@ def run_likelihood(config, workdir: str | Path, split: str, step: int | None = N
     `result_key` of the config, step and parameters, so a run with another SDE, model, data or
     evaluation setting computes its own results instead of reading these.
     """
-    from score_jax.checkpoints import restore_for_inference
-    from score_jax.evaluation.result_key import result_key
-
     step, params = restore_for_inference(workdir, config, step)
     root = Path(workdir) / "likelihood"
     name = f"{split}_step{step}_{result_key(config, step, params)}"
