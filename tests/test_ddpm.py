@@ -16,8 +16,10 @@ from conftest import REFERENCE, REPO, load_reference
 from flax import traverse_util
 
 from score_jax.config import load_config_file
+from score_jax.models import get_model
 from score_jax.models.convert_ddpm import ddpm_from_pytorch
-from score_jax.models.ddpm import DDPM, divide_by_sigma
+from score_jax.models.ddpm import sigma_table
+from score_jax.models.layers import divide_by_sigma
 from score_jax.models.score_fn import get_score_fn
 from score_jax.sde import VESDE, VPSDE
 
@@ -54,7 +56,7 @@ def reference():
     config.model.dtype = "float32"
     state_dict = {k[len("sd/") :]: v for k, v in arrays.items() if k.startswith("sd/")}
     variables = ddpm_from_pytorch(state_dict, config)
-    model = DDPM(config=config)
+    model = get_model(config)
     return config, arrays, state_dict, variables, model
 
 
@@ -88,7 +90,7 @@ def test_bfloat16_compute_is_close_to_float32(reference):
     config, arrays, _, variables, _ = reference
     config_bf16 = ml_collections.ConfigDict(config.to_dict())
     config_bf16.model.dtype = "bfloat16"
-    out = jit(DDPM(config=config_bf16).apply)(variables, nhwc(arrays["x"]), arrays["labels"])
+    out = jit(get_model(config_bf16).apply)(variables, nhwc(arrays["x"]), arrays["labels"])
     assert out.dtype == jnp.float32
     ref = nhwc(arrays["out"])
     # bfloat16 keeps 8 mantissa bits (relative step 4e-3); ~20 layers deep 2e-2 is the budget.
@@ -126,7 +128,9 @@ def test_scale_by_sigma_divides_by_the_sigma_of_the_label_time(reference):
     sde = VESDE(sigma_min=0.01, sigma_max=50.0, N=1000)
     t = 1.0 - labels / (sde.N - 1)
     sigma = np.asarray(sde.marginal_prob(jnp.zeros((3, 1)), t)[1])
-    np.testing.assert_allclose(divide_by_sigma(h, labels, config)[:, 0, 0, 0], 1 / sigma, rtol=1e-5)
+    np.testing.assert_allclose(
+        divide_by_sigma(h, labels, sigma_table(config))[:, 0, 0, 0], 1 / sigma, rtol=1e-5
+    )
 
 
 def official_config(path: str) -> ml_collections.ConfigDict:
@@ -138,7 +142,7 @@ def count_params(config: ml_collections.ConfigDict) -> int:
     size, channels = config.data.image_size, config.data.num_channels
     x = jax.ShapeDtypeStruct((1, size, size, channels), jnp.float32)
     labels = jax.ShapeDtypeStruct((1,), jnp.float32)
-    shapes = jax.eval_shape(DDPM(config=config).init, jax.random.key(0), x, labels)
+    shapes = jax.eval_shape(get_model(config).init, jax.random.key(0), x, labels)
     return sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(shapes))
 
 
@@ -153,7 +157,7 @@ def test_unconditional_variant_has_no_time_embedding():
     config.model.conditional = False
     x = jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)
     labels = jax.ShapeDtypeStruct((1,), jnp.float32)
-    shapes = jax.eval_shape(DDPM(config=config).init, jax.random.key(0), x, labels)
+    shapes = jax.eval_shape(get_model(config).init, jax.random.key(0), x, labels)
     flat = traverse_util.flatten_dict(shapes["params"])
     assert not [path for path in flat if "Dense_0" in path or "temb_dense_0" in path]
     official = json.loads((REFERENCE / "params.json").read_text())["configs"]["vp/ddpm/cifar10"]
@@ -184,7 +188,7 @@ def test_forward_backward_jit_at_official_topology():
     """The official CIFAR-10 DDPM (4 levels, 2 blocks, attention at 16) at nf=32, batch 2."""
     config = official_config("vp/ddpm/cifar10.py")
     config.model.nf = 32
-    model = DDPM(config=config)
+    model = get_model(config)
     params = random_params(model, config, 0)
     x = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
     labels = jnp.asarray([3.0, 700.0])
@@ -223,7 +227,7 @@ def test_remat_traces_forward_and_backward_with_the_same_names(reference):
     Traced with eval_shape, nothing compiled."""
     config = tiny_config(reference[0])
     config.model.remat = True
-    model = DDPM(config=config)
+    model = get_model(config)
     params = random_params(model, config, 5)
     x = jax.ShapeDtypeStruct((2, 8, 8, 3), jnp.float32)
     labels = jax.ShapeDtypeStruct((2,), jnp.float32)
@@ -240,7 +244,7 @@ def test_init_follows_official_scheme(reference):
     """DDPM init: fan_avg uniform variance scaling, zero biases, ~0 conv_out, Conv_1 and NIN_3."""
     config = tiny_config(reference[0])
     x, labels = jnp.zeros((1, 8, 8, 3)), jnp.zeros((1,))
-    variables = jit(DDPM(config=config).init)(jax.random.key(0), x, labels)
+    variables = jit(get_model(config).init)(jax.random.key(0), x, labels)
     params = traverse_util.flatten_dict(variables["params"])
     for path, value in params.items():
         if path[-1] in ("bias", "b"):

@@ -20,6 +20,7 @@ from flax import traverse_util
 from score_jax.config import load_config_file
 from score_jax.models import get_model, get_score_fn, init_model, layers, upfirdn
 from score_jax.models.convert import from_pytorch
+from score_jax.models.kernels import XLA
 from score_jax.sde import VESDE, VPSDE, SubVPSDE
 
 REPO_CONFIGS = REPO / "configs"
@@ -221,7 +222,7 @@ def test_official_initialisation():
     """The official initialisers, checked on single blocks (a whole-model init compiles long)."""
     x = jnp.zeros((1, 4, 4, 8))
     temb = jnp.zeros((1, 32))
-    block = layers.ResnetBlockBigGANpp(act=jax.nn.silu, out_ch=16, init_scale=0.0)
+    block = layers.ResnetBlockBigGANpp(act=jax.nn.silu, kernels=XLA, out_ch=16, init_scale=0.0)
     params = block.init(jax.random.PRNGKey(0), x, temb, False)["params"]
     # default_init: U(-a, a), a = sqrt(3 scale / fan_avg); Conv_0 maps 8 -> 16 channels with
     # 3x3 taps, so fan_avg = 9 (8 + 16) / 2; 1152 draws reach past 0.95 a almost surely.
@@ -235,7 +236,7 @@ def test_official_initialisation():
     assert np.all(np.asarray(params["Dense_0"]["bias"]) == 0)
     assert np.all(np.asarray(params["GroupNorm_0"]["scale"]) == 1)
     assert params["Conv_2"]["kernel"].shape == (1, 1, 8, 16)  # 1x1 shortcut for 8 -> 16
-    attn = layers.AttnBlockpp(init_scale=0.0).init(jax.random.PRNGKey(1), x)["params"]
+    attn = layers.AttnBlockpp(XLA, init_scale=0.0).init(jax.random.PRNGKey(1), x)["params"]
     # NIN's default scale is 0.1; NIN_3 (output) has init_scale 0 -> 1e-10.
     nin = np.asarray(attn["NIN_0"]["W"])
     assert 0.9 * np.sqrt(0.3 / 8) < np.abs(nin).max() <= np.sqrt(0.3 / 8)

@@ -27,8 +27,10 @@ from conftest import REFERENCE, REPO
 from flax import traverse_util
 
 from score_jax.config import load_config_file
-from score_jax.models.convert_ncsnv2 import NCSNV2_MODELS, ncsnv2_from_pytorch
+from score_jax.models import get_model
+from score_jax.models.convert_ncsnv2 import ncsnv2_from_pytorch
 from score_jax.models.ddpm import sigma_table
+from score_jax.models.kernels import XLA
 from score_jax.models.ncsnv2 import RefineBlock, ResidualBlock
 
 # These tests are dominated by XLA:CPU compile time on a shared 2-core machine; skipping LLVM's
@@ -156,7 +158,7 @@ def random_state_dict(keys: dict, config, seed: int) -> dict[str, np.ndarray]:
 def test_parameter_count_equals_official():
     config = load_config_file(REPO / "configs" / "ve" / "ncsnv2" / "cifar10.py")
     official = json.loads((REFERENCE / "params.json").read_text())["configs"]["ve/ncsnv2/cifar10"]
-    model = NCSNV2_MODELS[config.model.name](config=config)
+    model = get_model(config)
     x = jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)
     labels = jax.ShapeDtypeStruct((1,), jnp.int32)
     shapes = jax.eval_shape(model.init, jax.random.key(0), x, labels)
@@ -320,7 +322,7 @@ def per_sample_error(out, ref) -> np.ndarray:
 
 def test_matches_pytorch_primitives(narrow):
     config, variables, x, labels, ref = narrow
-    out = jit(NCSNV2_MODELS["ncsnv2_64"](config=config).apply)(variables, x, labels)
+    out = jit(get_model(config).apply)(variables, x, labels)
     # Float32 rounding over ~60 layers; measured 1e-6.
     assert np.all(per_sample_error(out, ref) < 1e-5)
 
@@ -329,7 +331,7 @@ def test_bfloat16_compute_is_close_to_float32(narrow):
     config, variables, x, labels, ref = narrow
     config = ml_collections.ConfigDict(config.to_dict())
     config.model.dtype = "bfloat16"
-    out = jit(NCSNV2_MODELS["ncsnv2_64"](config=config).apply)(variables, x, labels)
+    out = jit(get_model(config).apply)(variables, x, labels)
     assert out.dtype == jnp.float32
     # bfloat16 operands (8 mantissa bits) in ~60 convs; float32 accumulation keeps it ~1e-2.
     error = per_sample_error(out, ref)
@@ -339,7 +341,7 @@ def test_bfloat16_compute_is_close_to_float32(narrow):
 
 def test_forward_backward_jit(narrow):
     config, variables, x, labels, _ = narrow
-    model = NCSNV2_MODELS["ncsnv2_64"](config=config)
+    model = get_model(config)
 
     @jit
     def loss_and_grad(params):
@@ -363,7 +365,7 @@ def test_remat_traces_forward_and_backward_with_the_same_names(narrow):
     config, variables, x, labels, _ = narrow
     config = ml_collections.ConfigDict(config.to_dict())
     config.model.remat = True
-    model = NCSNV2_MODELS["ncsnv2_64"](config=config)
+    model = get_model(config)
 
     def loss(params):
         return jnp.sum(model.apply({"params": params}, x, labels, train=True) ** 2)
@@ -377,8 +379,8 @@ class ResidualThenRefine(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        h = ResidualBlock(16, nn.elu, "down", None, name="res")(x)
-        return RefineBlock(16, nn.elu, name="refine")([h, h], h.shape[1:3])
+        h = ResidualBlock(16, nn.elu, XLA.conv, "down", None, name="res")(x)
+        return RefineBlock(16, nn.elu, XLA.conv, name="refine")([h, h], h.shape[1:3])
 
 
 def test_init_follows_official_scheme():

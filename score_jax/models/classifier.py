@@ -6,7 +6,9 @@ log(noise std) (128 features, scale 16) and two dense layers to a 512-wide time 
 is added inside every residual block, three groups of `blocks_per_group` pre-activation blocks
 with 16, 32, 64 times `channel_multiplier` channels (strides 1, 2, 2) and GroupNorm, global
 average pooling and a dense layer to `num_classes` logits. The official CIFAR-10 run is WRN-28-10
-(blocks_per_group=4, channel_multiplier=10); every size comes from `config.classifier`.
+(blocks_per_group=4, channel_multiplier=10); every size comes from `config.classifier`, read by
+`get_classifier`; with config.model.dtype='bfloat16' the convolutions and dense layers take
+bfloat16 operands and return float32, as the score networks do.
 
     model = get_classifier(config)
     logits = model.apply(variables, x_nhwc, std, train=False)    # std: noise std [B]
@@ -14,6 +16,7 @@ average pooling and a dense layer to `num_classes` logits. The official CIFAR-10
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -22,12 +25,34 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from score_jax.models import compute_dtype
+from score_jax.models.layers import dot_f32_out
 from score_jax.sde import SDE
 
 # He-normal with fan-out, as the official WRN's convolution kernels.
 _conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 # The official time conditioning is log(std); the smallest std (VP at t -> 0 is 0) is clamped.
 MIN_STD = 1e-4
+_conv_f32_out = functools.partial(jax.lax.conv_general_dilated, preferred_element_type=jnp.float32)
+
+
+def _conv(features: int, dtype: Any, stride: int = 1, name: str | None = None) -> nn.Conv:
+    """3x3 'SAME' convolution without bias, He-normal (fan-out), float32 result."""
+    return nn.Conv(
+        features,
+        (3, 3),
+        (stride, stride),
+        padding="SAME",
+        use_bias=False,
+        kernel_init=_conv_init,
+        dtype=dtype,
+        conv_general_dilated=_conv_f32_out,
+        name=name,
+    )
+
+
+def _dense(features: int, dtype: Any, **kwargs) -> nn.Dense:
+    return nn.Dense(features, dtype=dtype, dot_general=dot_f32_out, **kwargs)
 
 
 def _norm(x: jax.Array, name: str) -> jax.Array:
@@ -50,6 +75,7 @@ class WideResNetBlock(nn.Module):
     channels: int
     stride: int = 1
     activate_before_residual: bool = False
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, temb: jax.Array) -> jax.Array:
@@ -58,11 +84,10 @@ class WideResNetBlock(nn.Module):
             h = x
         else:
             h = nn.relu(_norm(x, "init_norm"))
-        conv = dict(padding="SAME", use_bias=False, kernel_init=_conv_init)
-        h = nn.Conv(self.channels, (3, 3), (self.stride, self.stride), name="conv1", **conv)(h)
-        h = h + nn.Dense(self.channels, name="temb")(nn.swish(temb))[:, None, None, :]
+        h = _conv(self.channels, self.dtype, self.stride, name="conv1")(h)
+        h = h + _dense(self.channels, self.dtype, name="temb")(nn.swish(temb))[:, None, None, :]
         h = nn.relu(_norm(h, "norm2"))
-        h = nn.Conv(self.channels, (3, 3), name="conv2", **conv)(h)
+        h = _conv(self.channels, self.dtype, name="conv2")(h)
         return _shortcut(h, x)
 
 
@@ -80,37 +105,43 @@ class GaussianFourierEmbedding(nn.Module):
 
 
 class WideResNetClassifier(nn.Module):
-    """logits [B, num_classes] of x [B, H, W, C] perturbed with noise std [B]."""
+    """logits [B, num_classes] of x [B, H, W, C] perturbed with noise std [B].
 
-    config: ml_collections.ConfigDict
+    The fields are config.classifier's options of the same names, and config.model.dtype.
+    """
+
+    num_classes: int
+    blocks_per_group: int = 4
+    channel_multiplier: int = 10
+    embedding_size: int = 128
+    fourier_scale: float = 16.0
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, std: jax.Array, train: bool = False) -> jax.Array:
         del train  # no dropout or batch statistics
-        c = self.config.classifier
         size = math.prod(x.shape[1:])
         mean = jnp.mean(x, axis=(1, 2, 3), keepdims=True)
         spread = jnp.maximum(jnp.std(x, axis=(1, 2, 3), keepdims=True), 1.0 / math.sqrt(size))
         x = (x - mean) / spread
-        emb = int(c.embedding_size)
-        temb = GaussianFourierEmbedding(emb, float(c.fourier_scale))(
-            jnp.log(jnp.maximum(std, MIN_STD))
-        )
-        temb = nn.Dense(4 * emb)(temb)
-        temb = nn.Dense(4 * emb)(nn.swish(temb))
-        h = nn.Conv(16, (3, 3), padding="SAME", use_bias=False, kernel_init=_conv_init)(x)
+        emb, dt = self.embedding_size, self.dtype
+        temb = GaussianFourierEmbedding(emb, self.fourier_scale)(jnp.log(jnp.maximum(std, MIN_STD)))
+        temb = _dense(4 * emb, dt)(temb)
+        temb = _dense(4 * emb, dt)(nn.swish(temb))
+        h = _conv(16, dt)(x)
         for group, width in enumerate((16, 32, 64)):
-            for i in range(int(c.blocks_per_group)):
+            for i in range(self.blocks_per_group):
                 h = WideResNetBlock(
-                    width * int(c.channel_multiplier),
+                    width * self.channel_multiplier,
                     stride=2 if group > 0 and i == 0 else 1,
                     activate_before_residual=group == 0 and i == 0,
+                    dtype=dt,
                 )(h, temb)
         h = nn.relu(_norm(h, "final_norm"))
         h = jnp.mean(h, axis=(1, 2))
-        bound = 1.0 / math.sqrt(int(c.num_classes))
+        bound = 1.0 / math.sqrt(self.num_classes)
         head_init = nn.initializers.uniform(2 * bound)
-        return nn.Dense(int(c.num_classes), kernel_init=_shift(head_init, -bound))(h)
+        return _dense(self.num_classes, dt, kernel_init=_shift(head_init, -bound))(h)
 
 
 def _shift(init, offset: float):
@@ -125,7 +156,15 @@ def get_classifier(config: ml_collections.ConfigDict) -> WideResNetClassifier:
             "The config has no 'classifier' section (blocks_per_group, channel_multiplier, "
             "num_classes, ...); use a classifier config such as configs/digits/classifier.py."
         )
-    return WideResNetClassifier(config=config)
+    c = config.classifier
+    return WideResNetClassifier(
+        num_classes=int(c.num_classes),
+        blocks_per_group=int(c.blocks_per_group),
+        channel_multiplier=int(c.channel_multiplier),
+        embedding_size=int(c.embedding_size),
+        fourier_scale=float(c.fourier_scale),
+        dtype=compute_dtype(config),
+    )
 
 
 def init_classifier(key: jax.Array, config: ml_collections.ConfigDict) -> dict[str, Any]:

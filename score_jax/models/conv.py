@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from score_jax.models import kernels as kernel_choice
+from score_jax.models import sums
 
 _NHWC = ("NHWC", "HWIO", "NHWC")
 Padding = tuple[tuple[int, int], tuple[int, int]]
@@ -162,4 +162,5 @@ class Conv(nn.Module):
         if not self.use_bias:
             return y
         bias = self.param("bias", self.bias_init, (self.features,), jnp.float32)
-        return kernel_choice.add_bias(y, bias.astype(dtype), self.kernels)
+        bias = bias.astype(dtype)
+        return sums.add_bias(y, bias) if self.kernels == "cpu" else y + bias

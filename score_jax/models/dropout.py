@@ -79,13 +79,12 @@ def bernoulli_mask(key: jax.Array, keep_prob: float, shape: tuple[int, ...]) -> 
 
 class Dropout(nn.Module):
     """nn.Dropout(rate): zeroes inputs with probability `rate` and scales the rest by
-    1 / (1 - rate) unless deterministic. kernels='cpu' draws the mask with the fused hash above,
-    'xla' with jax.random.bernoulli (models/kernels.py); the masks are the same."""
+    1 / (1 - rate) unless deterministic, drawing the mask with the fused hash above. The 'cpu'
+    kernels' dropout (models/kernels.py); the 'xla' ones use nn.Dropout, whose masks are these."""
 
     rate: float
     deterministic: bool | None = None
     rng_collection: str = "dropout"
-    kernels: str = "xla"
 
     @nn.compact
     def __call__(self, inputs: jax.Array, deterministic: bool | None = None) -> jax.Array:
@@ -96,8 +95,5 @@ class Dropout(nn.Module):
             return jnp.zeros_like(inputs)
         keep_prob = 1.0 - self.rate
         key = self.make_rng(self.rng_collection)
-        if self.kernels == "cpu":
-            mask = bernoulli_mask(key, keep_prob, inputs.shape)
-        else:
-            mask = jax.random.bernoulli(key, keep_prob, inputs.shape)
+        mask = bernoulli_mask(key, keep_prob, inputs.shape)
         return lax.select(mask, inputs / keep_prob, jnp.zeros_like(inputs))

@@ -2,7 +2,8 @@
 
 Initialisation follows the official code: `default_init` is DDPM's variance scaling (fan_avg,
 uniform) with scale 0 replaced by 1e-10, so "zero-initialised" output layers stay trainable.
-Every block takes `dtype`, the compute dtype of its activations; parameters are always float32.
+Every block takes `dtype`, the compute dtype of its activations (parameters are always float32),
+and `kernels`, the network's primitive ops (conv, norm, dropout, bias adds; models/kernels.py).
 Sub-module names equal the official ones (GroupNorm_0, Conv_0, Dense_0, NIN_0, ...) so official
 weights map onto them by name.
 """
@@ -19,9 +20,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from score_jax.models import conv, norm, upfirdn
-from score_jax.models import kernels as kernel_choice
-from score_jax.models.dropout import Dropout
+from score_jax.models import upfirdn
+from score_jax.models.kernels import Kernels, ModuleDef
 
 Dtype = Any
 Initializer = Callable[..., jax.Array]
@@ -30,8 +30,8 @@ _SQRT2 = np.sqrt(2.0)
 # Mixed precision: convolutions and matmuls take `dtype` operands (bfloat16 on accelerators) but
 # accumulate and return float32, so normalisation, residual sums and the time embedding stay in
 # float32. Casting only the operands keeps a whole network within ~1e-2 of float32.
-# The convolutions are models.conv.Conv, whose gradients stay fast inside XLA:CPU loops.
-_dot_f32_out = functools.partial(jax.lax.dot_general, preferred_element_type=jnp.float32)
+# The convolutions are models.conv.Conv with the network's kernel choice (models/kernels.py).
+dot_f32_out = functools.partial(jax.lax.dot_general, preferred_element_type=jnp.float32)
 
 
 def default_init(scale: float = 1.0) -> Initializer:
@@ -40,30 +40,43 @@ def default_init(scale: float = 1.0) -> Initializer:
     return nn.initializers.variance_scaling(scale, "fan_avg", "uniform")
 
 
-def get_act(config) -> Callable[[jax.Array], jax.Array]:
-    """The activation named by config.model.nonlinearity."""
-    name = config.model.nonlinearity.lower()
-    acts = {"swish": nn.silu, "silu": nn.silu, "elu": nn.elu, "relu": nn.relu}
-    if name == "lrelu":
-        return lambda x: nn.leaky_relu(x, negative_slope=0.2)
-    if name not in acts:
-        raise ValueError(
-            f"config.model.nonlinearity must be one of {sorted([*acts, 'lrelu'])}, got {name!r}"
-        )
-    return acts[name]
+def smld_sigmas(sigma_min: float, sigma_max: float, num_scales: int) -> np.ndarray:
+    """The official SMLD noise levels [num_scales]: geometric from sigma_max down to sigma_min."""
+    return np.exp(np.linspace(np.log(sigma_max), np.log(sigma_min), num_scales))
+
+
+def divide_by_sigma(h: jax.Array, labels: jax.Array, sigmas: np.ndarray) -> jax.Array:
+    """h [B, ...] / sigmas[labels], the official scale_by_sigma for integer (SMLD) labels [B]."""
+    table = jnp.asarray(sigmas, dtype=jnp.float32)
+    index = labels if jnp.issubdtype(labels.dtype, jnp.integer) else labels.astype(jnp.int32)
+    return h / table[index].reshape((-1,) + (1,) * (h.ndim - 1))
+
+
+def _lrelu(x: jax.Array) -> jax.Array:
+    return nn.leaky_relu(x, negative_slope=0.2)
+
+
+# The official config.model.nonlinearity names.
+ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "swish": nn.silu,
+    "silu": nn.silu,
+    "elu": nn.elu,
+    "relu": nn.relu,
+    "lrelu": _lrelu,
+}
 
 
 def conv3x3(
+    conv: ModuleDef,
     features: int,
     init_scale: float = 1.0,
     stride: int = 1,
     padding: Any = ((1, 1), (1, 1)),
     dtype: Dtype = jnp.float32,
     name: str | None = None,
-    kernels: str = "xla",
-) -> conv.Conv:
-    """3x3 convolution with DDPM initialisation and zero bias ('SAME' padding by default)."""
-    return conv.Conv(
+) -> nn.Module:
+    """3x3 `conv` (a Kernels.conv) with DDPM initialisation, zero bias and a float32 result."""
+    return conv(
         features,
         (3, 3),
         strides=(stride, stride),
@@ -71,26 +84,24 @@ def conv3x3(
         kernel_init=default_init(init_scale),
         dtype=dtype,
         out_dtype=jnp.float32,
-        kernels=kernels,
         name=name,
     )
 
 
 def conv1x1(
+    conv: ModuleDef,
     features: int,
     init_scale: float = 1.0,
     dtype: Dtype = jnp.float32,
     name: str | None = None,
-    kernels: str = "xla",
-) -> conv.Conv:
-    """1x1 convolution with DDPM initialisation and zero bias."""
-    return conv.Conv(
+) -> nn.Module:
+    """1x1 `conv` (a Kernels.conv) with DDPM initialisation and zero bias."""
+    return conv(
         features,
         (1, 1),
         padding="VALID",
         kernel_init=default_init(init_scale),
         dtype=dtype,
-        kernels=kernels,
         name=name,
     )
 
@@ -98,38 +109,26 @@ def conv1x1(
 def dense(features: int, dtype: Dtype = jnp.float32, name: str | None = None) -> nn.Dense:
     """Linear layer with DDPM initialisation and zero bias."""
     return nn.Dense(
-        features, kernel_init=default_init(), dtype=dtype, dot_general=_dot_f32_out, name=name
+        features, kernel_init=default_init(), dtype=dtype, dot_general=dot_f32_out, name=name
     )
 
 
 def group_norm(
-    channels: int,
-    num_groups: int | None = None,
-    dtype: Dtype = jnp.float32,
-    name: str | None = None,
-    kernels: str = "xla",
+    norm: ModuleDef, channels: int, num_groups: int | None = None, name: str | None = None
 ) -> nn.Module:
-    """GroupNorm with eps 1e-6; groups default to NCSN++'s min(C // 4, 32).
-
-    Always float32 (two-pass variance, like PyTorch); `dtype` is accepted for a uniform API.
-    norm.GroupNorm with kernels='cpu', flax's nn.GroupNorm otherwise (same parameters).
-    """
-    del dtype
+    """`norm` (a Kernels.norm: float32, two-pass variance, like PyTorch) with eps 1e-6; groups
+    default to NCSN++'s min(C // 4, 32)."""
     groups = min(channels // 4, 32) if num_groups is None else num_groups
-    if kernels == "cpu":
-        return norm.GroupNorm(num_groups=groups, epsilon=1e-6, name=name)
-    return nn.GroupNorm(
-        num_groups=groups, epsilon=1e-6, dtype=jnp.float32, use_fast_variance=False, name=name
-    )
+    return norm(num_groups=groups, epsilon=1e-6, name=name)
 
 
 class NIN(nn.Module):
     """Per-pixel linear map over channels: x [..., C_in] @ W [C_in, C_out] + b."""
 
     features: int
+    kernels: Kernels
     init_scale: float = 0.1
     dtype: Dtype = jnp.float32
-    kernels: str = "xla"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -141,7 +140,7 @@ class NIN(nn.Module):
             w.astype(self.dtype),
             preferred_element_type=jnp.float32,
         )
-        return kernel_choice.add_bias(y, b, self.kernels)
+        return self.kernels.add_bias(y, b)
 
 
 def get_timestep_embedding(
@@ -184,13 +183,13 @@ class GaussianFourierProjection(nn.Module):
 class Combine(nn.Module):
     """Merges a skip input x into y: conv1x1(x) then concatenate ('cat') or add ('sum')."""
 
+    kernels: Kernels
     method: str = "cat"
     dtype: Dtype = jnp.float32
-    kernels: str = "xla"
 
     @nn.compact
     def __call__(self, x: jax.Array, y: jax.Array) -> jax.Array:
-        h = conv1x1(y.shape[-1], dtype=self.dtype, kernels=self.kernels, name="Conv_0")(x)
+        h = conv1x1(self.kernels.conv, y.shape[-1], dtype=self.dtype, name="Conv_0")(x)
         if self.method == "cat":
             return jnp.concatenate([h, y], axis=-1)
         if self.method == "sum":
@@ -211,22 +210,18 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, dtype: Dtype = jnp.float
 class AttnBlockpp(nn.Module):
     """Self-attention residual block of NCSN++: x + NIN_3(attn(NIN q, k, v of GN(x)))."""
 
+    kernels: Kernels
     skip_rescale: bool = False
     init_scale: float = 0.0
     dtype: Dtype = jnp.float32
-    kernels: str = "xla"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        c = x.shape[-1]
-        h = group_norm(c, dtype=self.dtype, kernels=self.kernels, name="GroupNorm_0")(x)
-        q = NIN(c, dtype=self.dtype, kernels=self.kernels, name="NIN_0")(h)
-        k = NIN(c, dtype=self.dtype, kernels=self.kernels, name="NIN_1")(h)
-        v = NIN(c, dtype=self.dtype, kernels=self.kernels, name="NIN_2")(h)
-        h = attention(q, k, v, self.dtype)
-        h = NIN(
-            c, init_scale=self.init_scale, dtype=self.dtype, kernels=self.kernels, name="NIN_3"
-        )(h)
+        c, kn, dt = x.shape[-1], self.kernels, self.dtype
+        h = group_norm(kn.norm, c, name="GroupNorm_0")(x)
+        q, k, v = (NIN(c, kn, dtype=dt, name=f"NIN_{i}")(h) for i in range(3))
+        h = attention(q, k, v, dt)
+        h = NIN(c, kn, init_scale=self.init_scale, dtype=dt, name="NIN_3")(h)
         return (x + h) / _SQRT2 if self.skip_rescale else x + h
 
 
@@ -234,63 +229,58 @@ class FIRConv2d(nn.Module):
     """Conv (kernel x kernel, weights HWIO) fused with FIR up- or down-sampling, plus bias."""
 
     features: int
+    kernels: Kernels
     kernel: int = 3
     up: bool = False
     down: bool = False
     resample_kernel: Sequence[int] = (1, 3, 3, 1)
     use_bias: bool = True
     dtype: Dtype = jnp.float32
-    kernels: str = "xla"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         shape = (self.kernel, self.kernel, x.shape[-1], self.features)
         w = self.param("kernel", default_init(), shape)
+        fused = dict(dtype=self.dtype, kernels=self.kernels.name)
         if self.up:
-            x = upfirdn.upsample_conv_2d(
-                x, w, self.resample_kernel, dtype=self.dtype, kernels=self.kernels
-            )
+            x = upfirdn.upsample_conv_2d(x, w, self.resample_kernel, **fused)
         elif self.down:
-            x = upfirdn.conv_downsample_2d(
-                x, w, self.resample_kernel, dtype=self.dtype, kernels=self.kernels
-            )
+            x = upfirdn.conv_downsample_2d(x, w, self.resample_kernel, **fused)
         else:
             pad = self.kernel // 2
-            x = upfirdn.conv2d(x, w, 1, ((pad, pad), (pad, pad)), self.dtype, self.kernels)
+            x = upfirdn.conv2d(x, w, 1, ((pad, pad), (pad, pad)), **fused)
         if self.use_bias:
             bias = self.param("bias", nn.initializers.zeros, (self.features,))
-            x = kernel_choice.add_bias(x, bias, self.kernels)
+            x = self.kernels.add_bias(x, bias)
         return x
 
 
 class Upsample(nn.Module):
     """x2 upsampling: nearest (+ conv3x3 'Conv_0') or FIR (fused conv 'Conv2d_0')."""
 
+    kernels: Kernels
     out_ch: int | None = None
     with_conv: bool = False
     fir: bool = False
     fir_kernel: Sequence[int] = (1, 3, 3, 1)
     dtype: Dtype = jnp.float32
-    kernels: str = "xla"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         out_ch = self.out_ch or x.shape[-1]
         if not self.fir:
             h = upfirdn.naive_upsample_2d(x, 2)
-            return (
-                conv3x3(out_ch, dtype=self.dtype, kernels=self.kernels, name="Conv_0")(h)
-                if self.with_conv
-                else h
-            )
+            if not self.with_conv:
+                return h
+            return conv3x3(self.kernels.conv, out_ch, dtype=self.dtype, name="Conv_0")(h)
         if not self.with_conv:
             return upfirdn.upsample_2d(x, self.fir_kernel, factor=2)
         return FIRConv2d(
             out_ch,
+            self.kernels,
             up=True,
             resample_kernel=self.fir_kernel,
             dtype=self.dtype,
-            kernels=self.kernels,
             name="Conv2d_0",
         )(x)
 
@@ -298,12 +288,12 @@ class Upsample(nn.Module):
 class Downsample(nn.Module):
     """/2 downsampling: mean pool or TF-'SAME' stride-2 conv3x3, or FIR (fused conv 'Conv2d_0')."""
 
+    kernels: Kernels
     out_ch: int | None = None
     with_conv: bool = False
     fir: bool = False
     fir_kernel: Sequence[int] = (1, 3, 3, 1)
     dtype: Dtype = jnp.float32
-    kernels: str = "xla"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -313,38 +303,42 @@ class Downsample(nn.Module):
                 return upfirdn.naive_downsample_2d(x, 2)
             # Official: pad (0, 1) on each spatial side, then a VALID stride-2 conv.
             pad = ((0, 1), (0, 1))
-            return conv3x3(
-                out_ch, stride=2, padding=pad, dtype=self.dtype, kernels=self.kernels, name="Conv_0"
-            )(x)
+            conv = conv3x3(
+                self.kernels.conv, out_ch, stride=2, padding=pad, dtype=self.dtype, name="Conv_0"
+            )
+            return conv(x)
         if not self.with_conv:
             return upfirdn.downsample_2d(x, self.fir_kernel, factor=2)
         return FIRConv2d(
             out_ch,
+            self.kernels,
             down=True,
             resample_kernel=self.fir_kernel,
             dtype=self.dtype,
-            kernels=self.kernels,
             name="Conv2d_0",
         )(x)
 
 
-def _add_temb(h: jax.Array, temb: jax.Array | None, act, dtype: Dtype, kernels: str) -> jax.Array:
-    """h + Dense_0(act(temb)) broadcast over the pixels (no-op without temb)."""
+def add_temb(
+    h: jax.Array, temb: jax.Array | None, act, dtype: Dtype, kernels: Kernels
+) -> jax.Array:
+    """h + Dense_0(act(temb)) broadcast over the pixels (no-op without temb); called inside a
+    block's compact __call__, so Dense_0 is the block's own."""
     if temb is None:
         return h
     emb = dense(h.shape[-1], dtype=dtype, name="Dense_0")(act(temb))
-    return kernel_choice.add_per_example(h, emb, kernels)
+    return kernels.add_per_example(h, emb)
 
 
 def _second_half(block: nn.Module, h: jax.Array, temb, out_ch: int, train: bool) -> jax.Array:
     """The residual branch of both NCSN++ blocks after Conv_0: + Dense_0(act(temb)),
     GroupNorm_1, act, Dropout_0, Conv_1 (init_scale). Called inside the block's compact
     __call__, so the submodules are the block's own (official names)."""
-    dtype, kernels = block.dtype, block.kernels
-    h = _add_temb(h, temb, block.act, dtype, kernels)
-    h = block.act(group_norm(out_ch, dtype=dtype, kernels=kernels, name="GroupNorm_1")(h))
-    h = Dropout(block.dropout, kernels=kernels, name="Dropout_0")(h, deterministic=not train)
-    conv = conv3x3(out_ch, init_scale=block.init_scale, dtype=dtype, kernels=kernels, name="Conv_1")
+    dtype, kn = block.dtype, block.kernels
+    h = add_temb(h, temb, block.act, dtype, kn)
+    h = block.act(group_norm(kn.norm, out_ch, name="GroupNorm_1")(h))
+    h = kn.dropout(block.dropout, name="Dropout_0")(h, deterministic=not train)
+    conv = conv3x3(kn.conv, out_ch, init_scale=block.init_scale, dtype=dtype, name="Conv_1")
     return conv(h)
 
 
@@ -352,28 +346,26 @@ class ResnetBlockDDPMpp(nn.Module):
     """DDPM residual block with NCSN++ GroupNorm groups, optional skip rescaling by 1/sqrt(2)."""
 
     act: Callable[[jax.Array], jax.Array]
+    kernels: Kernels
     out_ch: int | None = None
     conv_shortcut: bool = False
     dropout: float = 0.1
     skip_rescale: bool = False
     init_scale: float = 0.0
     dtype: Dtype = jnp.float32
-    kernels: str = "xla"
 
     @nn.compact
     def __call__(self, x: jax.Array, temb: jax.Array | None = None, train: bool = True):
-        in_ch = x.shape[-1]
+        in_ch, kn, dt = x.shape[-1], self.kernels, self.dtype
         out_ch = self.out_ch or in_ch
-        h = self.act(
-            group_norm(in_ch, dtype=self.dtype, kernels=self.kernels, name="GroupNorm_0")(x)
-        )
-        h = conv3x3(out_ch, dtype=self.dtype, kernels=self.kernels, name="Conv_0")(h)
+        h = self.act(group_norm(kn.norm, in_ch, name="GroupNorm_0")(x))
+        h = conv3x3(kn.conv, out_ch, dtype=dt, name="Conv_0")(h)
         h = _second_half(self, h, temb, out_ch, train)
         if in_ch != out_ch:
             if self.conv_shortcut:
-                x = conv3x3(out_ch, dtype=self.dtype, kernels=self.kernels, name="Conv_2")(x)
+                x = conv3x3(kn.conv, out_ch, dtype=dt, name="Conv_2")(x)
             else:
-                x = NIN(out_ch, dtype=self.dtype, kernels=self.kernels, name="NIN_0")(x)
+                x = NIN(out_ch, kn, dtype=dt, name="NIN_0")(x)
         return (x + h) / _SQRT2 if self.skip_rescale else x + h
 
 
@@ -381,6 +373,7 @@ class ResnetBlockBigGANpp(nn.Module):
     """BigGAN residual block: optional up/down-sampling (FIR or naive) of both branches."""
 
     act: Callable[[jax.Array], jax.Array]
+    kernels: Kernels
     out_ch: int | None = None
     up: bool = False
     down: bool = False
@@ -390,7 +383,6 @@ class ResnetBlockBigGANpp(nn.Module):
     skip_rescale: bool = True
     init_scale: float = 0.0
     dtype: Dtype = jnp.float32
-    kernels: str = "xla"
 
     def _resample(self, x: jax.Array) -> jax.Array:
         if self.up:
@@ -405,15 +397,13 @@ class ResnetBlockBigGANpp(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, temb: jax.Array | None = None, train: bool = True):
-        in_ch = x.shape[-1]
+        in_ch, kn, dt = x.shape[-1], self.kernels, self.dtype
         out_ch = self.out_ch or in_ch
-        h = self.act(
-            group_norm(in_ch, dtype=self.dtype, kernels=self.kernels, name="GroupNorm_0")(x)
-        )
+        h = self.act(group_norm(kn.norm, in_ch, name="GroupNorm_0")(x))
         h = self._resample(h)
         x = self._resample(x)
-        h = conv3x3(out_ch, dtype=self.dtype, kernels=self.kernels, name="Conv_0")(h)
+        h = conv3x3(kn.conv, out_ch, dtype=dt, name="Conv_0")(h)
         h = _second_half(self, h, temb, out_ch, train)
         if in_ch != out_ch or self.up or self.down:
-            x = conv1x1(out_ch, dtype=self.dtype, kernels=self.kernels, name="Conv_2")(x)
+            x = conv1x1(kn.conv, out_ch, dtype=dt, name="Conv_2")(x)
         return (x + h) / _SQRT2 if self.skip_rescale else x + h

@@ -8,6 +8,7 @@ sigmas[labels], the SMLD noise levels in descending order.
 
 Dilated convs are padded by their dilation, as in the NCSNv2 code that trained the official
 checkpoints (score_sde_pytorch pads them by 1, which cannot run: its shapes do not line up).
+`models.get_model` reads the config and sets the fields.
 Submodule and parameter names follow the official state_dict (`res2_0/conv2/conv`,
 `refine1/adapt_convs_0/1_1_conv`, ...), with list indices joined by '_'. With
 model.dtype='bfloat16' the convolutions take bfloat16 operands and return float32.
@@ -17,22 +18,19 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import ClassVar, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
-from score_jax.models import conv
-from score_jax.models.ddpm import compute_dtype, divide_by_sigma
-from score_jax.models.kernels import model_kernels
-from score_jax.models.layers import get_act
+from score_jax.models.kernels import ModuleDef
+from score_jax.models.layers import divide_by_sigma, smld_sigmas
 
 # Mixed precision: convolutions take `dtype` (bfloat16) operands but accumulate and return
-# float32 (conv.Conv's out_dtype), so norms, residual sums, pooling and resizing run in float32.
-# models.conv keeps their gradients fast inside XLA:CPU loops (dilated ones included).
+# float32 (the conv's out_dtype), so norms, residual sums, pooling and resizing run in float32.
+# Every block receives `conv`, the network's Kernels.conv (models/kernels.py).
 
 
 class Stage(NamedTuple):
@@ -45,6 +43,7 @@ class Stage(NamedTuple):
 
 
 def torch_default_conv(
+    conv: ModuleDef,
     features: int,
     kernel: int,
     in_ch: int,
@@ -52,8 +51,7 @@ def torch_default_conv(
     dtype,
     dilation: int = 1,
     bias: bool = True,
-    kernels: str = "xla",
-) -> conv.Conv:
+) -> nn.Module:
     """Conv with PyTorch's default Conv2d init (weight and bias U(+-1/sqrt(fan_in))), 'SAME'."""
     bound = 1.0 / math.sqrt(in_ch * kernel * kernel)
 
@@ -61,7 +59,7 @@ def torch_default_conv(
         return jax.random.uniform(key, shape, dtype, -bound, bound)
 
     pad = dilation * (kernel // 2)
-    return conv.Conv(
+    return conv(
         features,
         (kernel, kernel),
         padding=((pad, pad), (pad, pad)),
@@ -71,7 +69,6 @@ def torch_default_conv(
         bias_init=bias_init,
         dtype=dtype,
         out_dtype=jnp.float32,
-        kernels=kernels,
         name=name,
     )
 
@@ -113,14 +110,15 @@ class ConvMeanPool(nn.Module):
 
     features: int
     kernel: int
-    dtype: jnp.dtype = jnp.float32
-    kernels: str = "xla"
+    conv: ModuleDef
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        h = torch_default_conv(
-            self.features, self.kernel, x.shape[-1], "conv", self.dtype, kernels=self.kernels
-        )(x)
+        conv = torch_default_conv(
+            self.conv, self.features, self.kernel, x.shape[-1], "conv", self.dtype
+        )
+        h = conv(x)
         b, height, width, c = h.shape
         return h.reshape(b, height // 2, 2, width // 2, 2, c).mean(axis=(2, 4))
 
@@ -134,35 +132,31 @@ class ResidualBlock(nn.Module):
 
     out_ch: int
     act: Callable[[jax.Array], jax.Array]
+    conv: ModuleDef
     resample: str | None = None
     dilation: int | None = None
-    dtype: jnp.dtype = jnp.float32
-    kernels: str = "xla"
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        in_ch, dt = x.shape[-1], self.dtype
+        in_ch, dt, conv = x.shape[-1], self.dtype, self.conv
         dil = self.dilation or 1
         down = self.resample == "down"
         mid_ch = in_ch if down else self.out_ch
         h = self.act(InstanceNormPlus(name="normalize1")(x))
-        h = torch_default_conv(mid_ch, 3, in_ch, "conv1", dt, dilation=dil, kernels=self.kernels)(h)
+        h = torch_default_conv(conv, mid_ch, 3, in_ch, "conv1", dt, dilation=dil)(h)
         h = self.act(InstanceNormPlus(name="normalize2")(h))
         if down and self.dilation is None:
-            h = ConvMeanPool(self.out_ch, 3, dt, self.kernels, name="conv2")(h)
-            return ConvMeanPool(self.out_ch, 1, dt, self.kernels, name="shortcut")(x) + h
-        h = torch_default_conv(
-            self.out_ch, 3, mid_ch, "conv2", dt, dilation=dil, kernels=self.kernels
-        )(h)
+            h = ConvMeanPool(self.out_ch, 3, conv, dt, name="conv2")(h)
+            return ConvMeanPool(self.out_ch, 1, conv, dt, name="shortcut")(x) + h
+        h = torch_default_conv(conv, self.out_ch, 3, mid_ch, "conv2", dt, dilation=dil)(h)
         if in_ch == self.out_ch and not down:
             return x + h
         kernel = 1 if self.dilation is None else 3
-        return (
-            torch_default_conv(
-                self.out_ch, kernel, in_ch, "shortcut", dt, dilation=dil, kernels=self.kernels
-            )(x)
-            + h
+        shortcut = torch_default_conv(
+            conv, self.out_ch, kernel, in_ch, "shortcut", dt, dilation=dil
         )
+        return shortcut(x) + h
 
 
 class RCUBlock(nn.Module):
@@ -170,8 +164,8 @@ class RCUBlock(nn.Module):
 
     n_blocks: int
     act: Callable[[jax.Array], jax.Array]
-    dtype: jnp.dtype = jnp.float32
-    kernels: str = "xla"
+    conv: ModuleDef
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -179,9 +173,10 @@ class RCUBlock(nn.Module):
         for i in range(1, self.n_blocks + 1):
             residual = x
             for j in (1, 2):
-                x = torch_default_conv(
-                    c, 3, c, f"{i}_{j}_conv", self.dtype, bias=False, kernels=self.kernels
-                )(self.act(x))
+                conv = torch_default_conv(
+                    self.conv, c, 3, c, f"{i}_{j}_conv", self.dtype, bias=False
+                )
+                x = conv(self.act(x))
             x = x + residual
         return x
 
@@ -190,8 +185,8 @@ class CRPBlock(nn.Module):
     """Chained residual pooling: act, then twice path = conv(maxpool5x5(path)); x += path."""
 
     act: Callable[[jax.Array], jax.Array]
-    dtype: jnp.dtype = jnp.float32
-    kernels: str = "xla"
+    conv: ModuleDef
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -200,9 +195,8 @@ class CRPBlock(nn.Module):
         path = x
         for i in range(2):
             path = nn.max_pool(path, (5, 5), strides=(1, 1), padding=((2, 2), (2, 2)))
-            path = torch_default_conv(
-                c, 3, c, f"convs_{i}", self.dtype, bias=False, kernels=self.kernels
-            )(path)
+            conv = torch_default_conv(self.conv, c, 3, c, f"convs_{i}", self.dtype, bias=False)
+            path = conv(path)
             x = path + x
         return x
 
@@ -235,17 +229,17 @@ class MSFBlock(nn.Module):
     """Multi-resolution fusion: a biased 3x3 conv per input, resized to `shape`, summed."""
 
     features: int
-    dtype: jnp.dtype = jnp.float32
-    kernels: str = "xla"
+    conv: ModuleDef
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, xs: Sequence[jax.Array], shape: tuple[int, int]) -> jax.Array:
         total = 0.0
         for i, x in enumerate(xs):
-            h = torch_default_conv(
-                self.features, 3, x.shape[-1], f"convs_{i}", self.dtype, kernels=self.kernels
-            )(x)
-            total = total + resize_bilinear_aligned(h, *shape)
+            conv = torch_default_conv(
+                self.conv, self.features, 3, x.shape[-1], f"convs_{i}", self.dtype
+            )
+            total = total + resize_bilinear_aligned(conv(x), *shape)
         return total
 
 
@@ -254,80 +248,89 @@ class RefineBlock(nn.Module):
 
     features: int
     act: Callable[[jax.Array], jax.Array]
+    conv: ModuleDef
     start: bool = False
     end: bool = False
-    dtype: jnp.dtype = jnp.float32
-    kernels: str = "xla"
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, xs: Sequence[jax.Array], shape: tuple[int, int]) -> jax.Array:
-        dt = self.dtype
-        hs = [
-            RCUBlock(2, self.act, dt, self.kernels, name=f"adapt_convs_{i}")(x)
-            for i, x in enumerate(xs)
-        ]
-        h = (
-            MSFBlock(self.features, dt, self.kernels, name="msf")(hs, shape)
-            if len(hs) > 1
-            else hs[0]
+        act, conv, dt = self.act, self.conv, self.dtype
+        hs = [RCUBlock(2, act, conv, dt, name=f"adapt_convs_{i}")(x) for i, x in enumerate(xs)]
+        h = MSFBlock(self.features, conv, dt, name="msf")(hs, shape) if len(hs) > 1 else hs[0]
+        h = CRPBlock(act, conv, dt, name="crp")(h)
+        return RCUBlock(3 if self.end else 1, act, conv, dt, name="output_convs")(h)
+
+
+def _encoder(net: NCSNv2, h: jax.Array) -> list[jax.Array]:
+    """The two ResidualBlocks of every stage: each stage's output, shallowest first."""
+    # remat recomputes each ResidualBlock in the backward pass; names are unchanged.
+    block_cls = nn.remat(ResidualBlock) if net.remat else ResidualBlock
+    levels = []
+    for index, stage in enumerate(net.STAGES):
+        for block in range(2):
+            resample = "down" if index > 0 and block == 0 else None
+            name = f"{stage.name}_{block}"
+            h = block_cls(
+                stage.mult * net.nf,
+                net.act,
+                net.conv,
+                resample,
+                stage.dilation,
+                net.dtype,
+                name=name,
+            )(h)
+        levels.append(h)
+    return levels
+
+
+def _decoder(net: NCSNv2, levels: list[jax.Array]) -> jax.Array:
+    """The RefineBlocks, from the deepest level up: the refined top level."""
+    refined = None
+    for index in reversed(range(len(net.STAGES))):
+        features = net.nf * (net.STAGES[index - 1].mult if index > 0 else 1)
+        inputs = [levels[index]] if refined is None else [levels[index], refined]
+        block = RefineBlock(
+            features,
+            net.act,
+            net.conv,
+            refined is None,
+            index == 0,
+            net.dtype,
+            name=net.STAGES[index].refine,
         )
-        h = CRPBlock(self.act, dt, self.kernels, name="crp")(h)
-        return RCUBlock(3 if self.end else 1, self.act, dt, self.kernels, name="output_convs")(h)
+        refined = block(inputs, levels[index].shape[1:3])
+    return refined
 
 
 class NCSNv2(nn.Module):
-    """Base of the NCSNv2 family: (x [B, H, W, C], integer labels [B]) -> score [B, H, W, C]."""
+    """Base of the NCSNv2 family: (x [B, H, W, C], integer labels [B]) -> score [B, H, W, C].
 
-    config: ml_collections.ConfigDict
+    The output is divided by the SMLD noise levels (sigma_min, sigma_max, num_scales) at the
+    labels; `conv` is the network's Kernels.conv; the fields are config.model's options.
+    """
+
+    conv: ModuleDef
+    act: Callable[[jax.Array], jax.Array] = nn.elu
+    nf: int = 128
+    sigma_min: float = 0.01
+    sigma_max: float = 50.0
+    num_scales: int = 232
+    centered: bool = False
+    remat: bool = False
+    dtype: Any = jnp.float32
     STAGES: ClassVar[tuple[Stage, ...]] = ()
 
     @nn.compact
     def __call__(self, x: jax.Array, labels: jax.Array, train: bool = False) -> jax.Array:
-        config = self.config
-        if config.model.normalization != "InstanceNorm++":
-            raise ValueError(
-                "NCSNv2 supports config.model.normalization='InstanceNorm++' only, "
-                f"found {config.model.normalization!r}."
-            )
-        act, dt, nf = get_act(config), compute_dtype(config), config.model.nf
-        kernels = model_kernels(config)
-        h = x if config.data.centered else 2 * x - 1.0
-        h = torch_default_conv(nf, 3, x.shape[-1], "begin_conv", dt, kernels=kernels)(h.astype(dt))
-        # model.remat recomputes each ResidualBlock in the backward pass; names are unchanged.
-        block_cls = nn.remat(ResidualBlock) if config.model.get("remat", False) else ResidualBlock
-        levels = []
-        for index, stage in enumerate(self.STAGES):
-            for block in range(2):
-                resample = "down" if index > 0 and block == 0 else None
-                h = block_cls(
-                    stage.mult * nf,
-                    act,
-                    resample,
-                    stage.dilation,
-                    dt,
-                    kernels,
-                    name=f"{stage.name}_{block}",
-                )(h)
-            levels.append(h)
-
-        refined = None
-        for index in reversed(range(len(self.STAGES))):
-            features = nf * (self.STAGES[index - 1].mult if index > 0 else 1)
-            inputs = [levels[index]] if refined is None else [levels[index], refined]
-            block = RefineBlock(
-                features,
-                act,
-                refined is None,
-                index == 0,
-                dt,
-                kernels,
-                name=self.STAGES[index].refine,
-            )
-            refined = block(inputs, levels[index].shape[1:3])
-
-        h = act(InstanceNormPlus(name="normalizer")(refined))
-        h = torch_default_conv(config.data.num_channels, 3, nf, "end_conv", dt, kernels=kernels)(h)
-        return divide_by_sigma(h.astype(jnp.float32), labels, config)
+        dt, nf, channels = self.dtype, self.nf, x.shape[-1]
+        h = x if self.centered else 2 * x - 1.0
+        h = torch_default_conv(self.conv, nf, 3, channels, "begin_conv", dt)(h.astype(dt))
+        refined = _decoder(self, _encoder(self, h))
+        h = self.act(InstanceNormPlus(name="normalizer")(refined))
+        h = torch_default_conv(self.conv, channels, 3, nf, "end_conv", dt)(h)
+        sigmas = smld_sigmas(self.sigma_min, self.sigma_max, self.num_scales)
+        return divide_by_sigma(h.astype(jnp.float32), labels, sigmas)
 
 
 class NCSNv2_64(NCSNv2):  # noqa: N801 -- official model name
