@@ -9,7 +9,7 @@ import textwrap
 import pytest
 from conftest import REPO
 
-from score_jax.config import ConfigError, load_config, resolve_config_path
+from score_jax.config import SHIPPED_CONFIGS, ConfigError, load_config, resolve_config_path
 
 CONFIG = textwrap.dedent(
     """
@@ -75,9 +75,10 @@ def test_missing_config_file(tmp_path):
 def test_shipped_configs_resolve_from_any_directory(tmp_path, monkeypatch):
     """`configs/...` names the shipped file when the working directory has no such file."""
     monkeypatch.chdir(tmp_path)
-    assert (
-        resolve_config_path("configs/digits/vp_ddpmpp.py") == REPO / "configs/digits/vp_ddpmpp.py"
-    )
+    shipped = resolve_config_path("configs/digits/vp_ddpmpp.py")
+    # The repository's file, or its copy in site-packages after a non-editable install.
+    assert shipped == SHIPPED_CONFIGS / "digits" / "vp_ddpmpp.py"
+    assert shipped.read_bytes() == (REPO / "configs/digits/vp_ddpmpp.py").read_bytes()
     config = load_config("configs/ve/cifar10_ncsnpp_continuous.py", ["model.nf=64"])
     assert config.model.name == "ncsnpp" and config.model.nf == 64
     assert config.model.sigma_max == 50 and config.training.continuous is True
