@@ -114,7 +114,12 @@ def _summary(bits: np.ndarray, name: str, seconds: float) -> dict:
     }
 
 
-def _best(data: BaselineData, covariance: str, options: tuple[int, ...], label: str) -> dict:
+def _best(data: BaselineData, covariance: str, options: tuple[int, ...], label: str) -> dict | None:
+    """The mixture with the best test bits/dim among `options` components (EM needs at least
+    as many training examples as components; None when no option fits)."""
+    options = tuple(k for k in options if k <= len(data.train))
+    if not options:
+        return None
     tic = time.perf_counter()
     results = {k: mixture_bits(data, k, covariance) for k in options}
     best = min(results, key=lambda k: results[k].mean())
@@ -148,8 +153,9 @@ def baselines_bpd(config, key: jax.Array) -> dict:
     tic = time.perf_counter()
     rows = [_summary(mixture_bits(data, 1, "full"), "full-covariance Gaussian", 0.0)]
     rows[0]["seconds"] = round(time.perf_counter() - tic, 2)
-    rows.append(_best(data, "full", FULL_COMPONENTS, "full-covariance GMM"))
-    rows.append(_best(data, "diag", DIAG_COMPONENTS, "diagonal GMM"))
+    mixtures = (_best(data, "full", FULL_COMPONENTS, "full-covariance GMM"),
+                _best(data, "diag", DIAG_COMPONENTS, "diagonal GMM"))  # fmt: skip
+    rows.extend(row for row in mixtures if row is not None)
     if data.levels is not None:
         tic = time.perf_counter()
         rows.append(
