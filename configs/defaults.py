@@ -11,8 +11,18 @@ import ml_collections
 def get_default_configs() -> ml_collections.ConfigDict:
     """The official CIFAR-10 defaults with this project's extra keys."""
     config = ml_collections.ConfigDict()
+    config.training = _training_defaults()
+    config.sampling = _sampling_defaults()
+    config.eval = _eval_defaults()
+    config.data = _data_defaults()
+    config.model = _model_defaults()
+    config.optim = _optim_defaults()
+    config.seed = 42
+    return config
 
-    config.training = training = ml_collections.ConfigDict()
+
+def _training_defaults() -> ml_collections.ConfigDict:
+    training = ml_collections.ConfigDict()
     training.batch_size = 128
     training.n_iters = 1300001
     training.snapshot_freq = 50000
@@ -42,8 +52,11 @@ def get_default_configs() -> ml_collections.ConfigDict:
     # project: resume from the newest readable checkpoint when the latest cannot be read (the
     # unreadable ones are moved to <workdir>/checkpoints_unreadable/); off: such a run stops.
     training.restore_fallback = False
+    return training
 
-    config.sampling = sampling = ml_collections.ConfigDict()
+
+def _sampling_defaults() -> ml_collections.ConfigDict:
+    sampling = ml_collections.ConfigDict()
     sampling.method = "pc"
     sampling.predictor = "reverse_diffusion"
     sampling.corrector = "langevin"
@@ -74,8 +87,11 @@ def get_default_configs() -> ml_collections.ConfigDict:
     sampling.s_tmin = 0.0
     sampling.s_tmax = float("inf")
     sampling.s_noise = 1.0
+    return sampling
 
-    config.eval = evaluate = ml_collections.ConfigDict()
+
+def _eval_defaults() -> ml_collections.ConfigDict:
+    evaluate = ml_collections.ConfigDict()
     evaluate.begin_ckpt = 9
     evaluate.end_ckpt = 26
     evaluate.batch_size = 1024
@@ -94,8 +110,11 @@ def get_default_configs() -> ml_collections.ConfigDict:
     evaluate.inception_weights = ""
     # project: accept Inception weights other than pytorch-fid's (tests); results say so.
     evaluate.allow_unverified_inception = False
+    return evaluate
 
-    config.data = data = ml_collections.ConfigDict()
+
+def _data_defaults() -> ml_collections.ConfigDict:
+    data = ml_collections.ConfigDict()
     data.dataset = "CIFAR10"
     data.image_size = 32
     data.random_flip = True
@@ -121,8 +140,11 @@ def get_default_configs() -> ml_collections.ConfigDict:
     mixture.weights = (0.5, 0.5)
     mixture.num_train = 10000
     mixture.num_test = 2000
+    return data
 
-    config.model = model = ml_collections.ConfigDict()
+
+def _model_defaults() -> ml_collections.ConfigDict:
+    model = ml_collections.ConfigDict()
     model.sigma_min = 0.01
     model.sigma_max = 50
     model.num_scales = 1000
@@ -137,8 +159,11 @@ def get_default_configs() -> ml_collections.ConfigDict:
     # project: the networks' primitive ops (score_jax/models/kernels.py): 'auto' picks the
     # XLA:CPU-tuned ones ('cpu') on a CPU backend and plain lax/flax ('xla') on GPU and TPU.
     model.kernels = "auto"
+    return model
 
-    config.optim = optim = ml_collections.ConfigDict()
+
+def _optim_defaults() -> ml_collections.ConfigDict:
+    optim = ml_collections.ConfigDict()
     optim.weight_decay = 0.0
     optim.optimizer = "Adam"
     optim.lr = 2e-4
@@ -146,9 +171,7 @@ def get_default_configs() -> ml_collections.ConfigDict:
     optim.eps = 1e-8
     optim.warmup = 5000
     optim.grad_clip = 1.0
-
-    config.seed = 42
-    return config
+    return optim
 
 
 def get_celeba_default_configs() -> ml_collections.ConfigDict:
