@@ -30,7 +30,6 @@ from score_jax.sde import (
     sample_likelihood_times,
 )
 
-LossFn = Callable[[Any, jax.Array, Mapping[str, jax.Array]], tuple[jax.Array, dict]]
 NoiseFn = Callable[[jax.Array, jax.Array], dict]
 
 

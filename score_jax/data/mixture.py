@@ -18,12 +18,6 @@ from score_jax.data.source import ArraySource, check_split
 from score_jax.toy import GaussianMixture
 
 
-def get_mixture(config) -> GaussianMixture:
-    """The data distribution of the MIXTURE dataset."""
-    spec = config.data.mixture
-    return GaussianMixture(np.asarray(spec.means), np.asarray(spec.stds), np.asarray(spec.weights))
-
-
 def mixture_source(config, split: str) -> ArraySource:
     """'train' or 'test' points of the configured mixture: float32 [N, D]."""
     check_split(split, ("train", "test"), "MIXTURE")
