@@ -81,17 +81,23 @@ def test_four_devices_equal_one_device():
     )
 
 
-def test_eval_step_is_device_count_independent():
-    config = tiny_config()
+def eval_losses_on_all_and_one_device(config, images: np.ndarray, to_global) -> list[float]:
+    """The eval step's loss on `images` over every device and over one device;
+    to_global(images, mesh) places the host batch."""
     model, sde = get_model(config), get_sde(config)
-    images = mixture_batches(1, 1, 16)[0, 0]
     params = model.init(jax.random.PRNGKey(1), images[:1], np.ones(1), train=False)["params"]
     loss_fn = make_loss_fn(config, sde, model.apply, False)
     values = []
     for mesh in (parallel.make_mesh(), parallel.make_mesh(jax.devices()[:1])):
         step = make_eval_step(config, loss_fn, mesh)
-        x = parallel.host_batch_to_global(images, mesh)
+        x = to_global(images, mesh)
         values.append(float(step(parallel.replicate(params, mesh), x, jax.random.PRNGKey(0))))
+    return values
+
+
+def test_eval_step_is_device_count_independent():
+    images = mixture_batches(1, 1, 16)[0, 0]
+    values = eval_losses_on_all_and_one_device(tiny_config(), images, parallel.host_batch_to_global)
     np.testing.assert_allclose(values[0], values[1], rtol=1e-6)
     assert np.isfinite(values[0]) and values[0] > 0
 
@@ -127,14 +133,10 @@ def test_three_devices_pad_a_batch_they_cannot_split_and_equal_one_device():
 
 
 def test_eval_step_pads_a_batch_it_cannot_split():
-    config = tiny_config(**{"eval.batch_size": 15})
-    model, sde = get_model(config), get_sde(config)
     images = mixture_batches(1, 1, 15)[0, 0]
-    params = model.init(jax.random.PRNGKey(1), images[:1], np.ones(1), train=False)["params"]
-    loss_fn = make_loss_fn(config, sde, model.apply, False)
-    values = []
-    for mesh in (parallel.make_mesh(), parallel.make_mesh(jax.devices()[:1])):
-        step = make_eval_step(config, loss_fn, mesh)
-        x = parallel.padded_batch_to_global(images, mesh, 15)
-        values.append(float(step(parallel.replicate(params, mesh), x, jax.random.PRNGKey(0))))
+    values = eval_losses_on_all_and_one_device(
+        tiny_config(**{"eval.batch_size": 15}),
+        images,
+        lambda images, mesh: parallel.padded_batch_to_global(images, mesh, 15),
+    )
     np.testing.assert_allclose(values[0], values[1], rtol=1e-6)

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from sklearn.mixture import GaussianMixture
 
-from score_jax.data import get_source, quantization_levels
+from score_jax.data import get_source, quantization_levels, to_float
 from score_jax.likelihood import dequantize
 
 MAX_DIM = 1024
@@ -64,9 +64,9 @@ def _level_units(key, images: np.ndarray, repeat: int, levels: int) -> np.ndarra
 
 
 def _levels_of(images: np.ndarray, levels: int) -> np.ndarray:
-    """[N, D] int levels k = round(x * (levels - 1) / 255) of uint8 images (to_float's rule)."""
-    flat = images.reshape(len(images), -1).astype(np.float64)
-    return np.round(flat * (levels - 1) / 255).astype(np.int64)
+    """[N, D] int levels k of uint8 images, by to_float's own rule (k / (levels - 1) back to k)."""
+    unit = np.asarray(to_float(jnp.asarray(images), levels=levels), np.float64)
+    return np.round(unit.reshape(len(images), -1) * (levels - 1)).astype(np.int64)
 
 
 def baseline_data(config, key: jax.Array) -> BaselineData:
