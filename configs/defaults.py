@@ -170,6 +170,9 @@ def _optim_defaults() -> ml_collections.ConfigDict:
     optim.beta1 = 0.9
     optim.eps = 1e-8
     optim.warmup = 5000
+    # "cosine" decays the lr to 0 at training.n_iters after warmup: short runs end on a
+    # quieter network. The official runs keep it constant ("none").
+    optim.lr_decay = "none"
     optim.grad_clip = 1.0
     return optim
 

@@ -28,8 +28,9 @@ def optim_config(**optim):
     return config
 
 
-def hand_adam(lr, warmup, clip, weight_decay, beta1=0.9, beta2=0.999, eps=1e-8):
-    """Parameters after each update, in float64, from the official formulas."""
+def hand_adam(lr, warmup, clip, weight_decay, cosine_over=None, beta1=0.9, beta2=0.999, eps=1e-8):
+    """Parameters after each update, in float64, from the official formulas; cosine_over = N
+    also scales update n's rate by (1 + cos(pi (n - warmup) / (N - warmup))) / 2 past warmup."""
     p, m, v = PARAMS.copy(), np.zeros(2), np.zeros(2)
     history = []
     for n, g in enumerate(GRADS):  # n = 0 for the first update, as the official step counter
@@ -39,6 +40,8 @@ def hand_adam(lr, warmup, clip, weight_decay, beta1=0.9, beta2=0.999, eps=1e-8):
         v = beta2 * v + (1 - beta2) * g**2
         m_hat, v_hat = m / (1 - beta1 ** (n + 1)), v / (1 - beta2 ** (n + 1))
         rate = lr * min(n / warmup, 1.0) if warmup > 0 else lr
+        if cosine_over is not None:
+            rate *= (1 + np.cos(np.pi * max(n - warmup, 0) / (cosine_over - warmup))) / 2
         p = p - rate * (m_hat / (np.sqrt(v_hat) + eps) + weight_decay * p)
         history.append(p.copy())
     return history
@@ -62,13 +65,17 @@ def run_optimizer(config):
         dict(),  # warm-up over 2 updates, clipping at 1
         dict(grad_clip=-1.0),  # no clipping: the second update sees the raw gradient
         dict(weight_decay=0.05, warmup=0),  # decoupled decay, constant learning rate
+        # Cosine to 0 at n_iters = 3 after 1 warm-up update: updates at 0, lr and lr / 2.
+        dict(lr_decay="cosine", warmup=1),
     ],
-    ids=["warmup_clip", "no_clip", "weight_decay"],
+    ids=["warmup_clip", "no_clip", "weight_decay", "cosine"],
 )
 def test_adam_updates_equal_hand_computation(optim):
     config = optim_config(**optim)
+    config.training.n_iters = 3
     o = config.optim
-    expected = hand_adam(o.lr, o.warmup, o.grad_clip, o.weight_decay)
+    cosine_over = config.training.n_iters if o.lr_decay == "cosine" else None
+    expected = hand_adam(o.lr, o.warmup, o.grad_clip, o.weight_decay, cosine_over)
     got = run_optimizer(config)
     # float32 arithmetic on O(1) numbers over three updates: a few ulp of 2.
     np.testing.assert_allclose(np.stack(got), np.stack(expected), rtol=0, atol=2e-6)

@@ -16,16 +16,26 @@ import ml_collections
 import optax
 
 EMA_RULES = ("fixed", "warmup")
+LR_DECAYS = ("none", "cosine")
 
 
 def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
-    """lr * min(count / warmup, 1); a constant lr when warmup <= 0."""
+    """lr * min(count / warmup, 1) (1 when warmup <= 0); with optim.lr_decay = "cosine" also
+    times (1 + cos(pi f)) / 2, f = (count - warmup) / (training.n_iters - warmup) in [0, 1]."""
     lr, warmup = float(config.optim.lr), int(config.optim.warmup)
+    decay = config.optim.lr_decay
+    if decay not in LR_DECAYS:
+        raise ValueError(f"config.optim.lr_decay must be one of {LR_DECAYS}, got {decay!r}.")
+    decay_steps = max(int(config.training.n_iters) - max(warmup, 0), 1)
 
     def schedule(count: jax.Array) -> jax.Array:
-        if warmup <= 0:
-            return jnp.asarray(lr, jnp.float32)
-        return lr * jnp.minimum(count / warmup, 1.0)
+        rate = jnp.asarray(lr, jnp.float32)
+        if warmup > 0:
+            rate = rate * jnp.minimum(count / warmup, 1.0)
+        if decay == "cosine":
+            done = jnp.clip((count - max(warmup, 0)) / decay_steps, 0.0, 1.0)
+            rate = rate * 0.5 * (1.0 + jnp.cos(jnp.pi * done))
+        return rate
 
     return schedule
 
