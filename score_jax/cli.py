@@ -90,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch_size", type=int, default=None, help="default: eval.batch_size")
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
     p.add_argument("--out_folder", default="nfe_report", help="subfolder of workdir")
+    p.add_argument("--classifier_score", action="store_true",
+                   help="also score samples with a pixel classifier fitted to the labelled "
+                        "training split (small datasets such as the digits)")  # fmt: skip
 
     p = sub.add_parser("sample", help="draw samples from a checkpoint's EMA weights")
     _add_common(p)
@@ -194,7 +197,7 @@ def _run(args: argparse.Namespace, config) -> None:
         from score_jax.evaluation.nfe_report import nfe_report
 
         nfe_report(config, args.workdir, args.samplers, args.num, args.out_folder, args.step,
-                   args.batch_size)  # fmt: skip
+                   args.batch_size, args.classifier_score)  # fmt: skip
     elif args.command == "sample":
         from score_jax.evaluation.sample import sample_to_file
 

@@ -10,8 +10,10 @@ Each setting METHOD[-ORDER]:NFE[,NFE...] is a `get_sampler` method at a total NF
 The metric is the sliced Wasserstein distance (`swd.py`, seeded directions) of --num samples
 (images as saved: uint8 / 255, flattened) to the whole test split, with a bootstrap standard
 error over the samples. The row 'data (train)' measures --num training examples the same way:
-what a perfect sampler would score at this sample size. Every sampler draws from the same keys,
-so the ODE samplers start from the same latents.
+what a perfect sampler would score at this sample size. --classifier_score adds the
+Inception-score-like statistic of a pixel logistic regression fitted to the labelled training
+split (`pixel_classifier.py`; its data row is in-sample, so slightly optimistic). Every
+sampler draws from the same keys, so the ODE samplers start from the same latents.
 
 Writes to <workdir>/<out_folder>/: <label>_nfe<N>.json per finished setting (a rerun skips it),
 report.json with all rows, report.png (SWD against NFE), and prints the table.
@@ -22,7 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import jax
@@ -31,6 +33,7 @@ import numpy as np
 
 from score_jax.checkpoints import restore_for_inference
 from score_jax.data import get_source
+from score_jax.evaluation.pixel_classifier import classifier_score, fit_pixel_classifier
 from score_jax.evaluation.plot import save_line_plot
 from score_jax.evaluation.swd import sliced_wasserstein
 from score_jax.score_model import build_score_model, make_sample_fn
@@ -122,11 +125,33 @@ def _as_points(x: np.ndarray) -> np.ndarray:
     return x.reshape(len(x), -1).astype(np.float64) / 255.0
 
 
-def _split_points(config, split: str, num: int | None = None) -> np.ndarray:
+def _split_examples(config, split: str, num: int | None = None) -> dict:
     source = get_source(config, split)
     n = len(source)
     index = np.arange(n) if num is None else np.random.default_rng(0).permutation(n)[:num]
-    return _as_points(source.read(np.sort(index))["image"])
+    return source.read(np.sort(index))
+
+
+def _split_points(config, split: str, num: int | None = None) -> np.ndarray:
+    return _as_points(_split_examples(config, split, num)["image"])
+
+
+def make_scorer(config, with_classifier: bool) -> tuple[Callable[[np.ndarray], dict], int]:
+    """(points [N, D] -> the row's metrics, number of test examples): SWD to the test split,
+    and the pixel classifier's score when with_classifier."""
+    reference = _split_points(config, "test")
+    classifier = None
+    if with_classifier:
+        train = _split_examples(config, "train")
+        classifier = fit_pixel_classifier(_as_points(train["image"]), np.asarray(train["label"]))
+
+    def score(points: np.ndarray) -> dict:
+        row = measure(points, reference)
+        if classifier is not None:
+            row |= classifier_score(classifier, points)
+        return row
+
+    return score, len(reference)
 
 
 def measure(x: np.ndarray, reference: np.ndarray) -> dict:
@@ -161,12 +186,34 @@ def _write_json(path: Path, value) -> None:
 
 
 def format_table(rows: list[dict]) -> str:
-    lines = [f"{'sampler':>16s} {'NFE':>6s} {'SWD':>9s} {'+-se':>8s} {'seconds':>8s}"]
+    scored = "classifier_score" in rows[0]
+    head = f"{'sampler':>16s} {'NFE':>6s} {'SWD':>9s} {'+-se':>8s}"
+    lines = [head + (f" {'cls score':>9s} {'+-se':>6s}" if scored else "") + f" {'seconds':>8s}"]
     for r in rows:
         nfe = "-" if r["nfe"] is None else str(r["nfe"])
         secs = "-" if r.get("seconds") is None else f"{r['seconds']:.1f}"
-        lines.append(f"{r['sampler']:>16s} {nfe:>6s} {r['swd']:9.5f} {r['swd_se']:8.5f} {secs:>8s}")
+        line = f"{r['sampler']:>16s} {nfe:>6s} {r['swd']:9.5f} {r['swd_se']:8.5f}"
+        if scored:
+            line += f" {r['classifier_score']:9.3f} {r['classifier_score_se']:6.3f}"
+        lines.append(f"{line} {secs:>8s}")
     return "\n".join(lines)
+
+
+def _finished_row(path: Path, with_classifier: bool) -> dict | None:
+    """The row a previous run wrote to path, if it has every metric asked for now."""
+    if not path.is_file():
+        return None
+    row = json.loads(path.read_text())
+    return None if with_classifier and "classifier_score" not in row else row
+
+
+def _write_plot(rows: list[dict], folder: Path, num: int) -> None:
+    series: dict[str, list[tuple[float, float]]] = {}
+    for r in rows[1:]:
+        series.setdefault(r["sampler"], []).append((r["nfe"], r["swd"]))
+    ylabel = f"SWD to the test split, {num} samples"
+    hline = {"data (train)": rows[0]["swd"]}
+    save_line_plot(series, folder / "report.png", "score evaluations (NFE)", ylabel, hline)
 
 
 def nfe_report(
@@ -177,6 +224,7 @@ def nfe_report(
     out_folder: str = "nfe_report",
     step: int | None = None,
     batch_size: int | None = None,
+    with_classifier: bool = False,
 ) -> dict:
     """Runs every setting of `samplers` (see the module docstring); returns the report dict."""
     if num < 2:
@@ -185,33 +233,26 @@ def nfe_report(
     configs = {s: setting_config(config, *s) for s in settings}  # all checked before sampling
     batch = min(int(batch_size or config.eval.batch_size), num)
     folder = Path(workdir) / out_folder
-    reference = _split_points(config, "test")
+    score, test_examples = make_scorer(config, with_classifier)
     step, params = restore_for_inference(workdir, config, step)
     key = jax.random.fold_in(jax.random.PRNGKey(config.seed), step)
-    floor = measure(_split_points(config, "train", num), reference)
-    rows = [{"sampler": "data (train)", "nfe": None, **floor}]
+    rows = [{"sampler": "data (train)", "nfe": None, **score(_split_points(config, "train", num))}]
     for (label, nfe), c in configs.items():
         path = folder / f"{label}_nfe{nfe}.json"
-        if path.is_file():
-            rows.append(json.loads(path.read_text()))
-            continue
-        log.info("Sampling %d with %s at %d NFE", num, label, nfe)
-        x, counted, seconds = _draw(c, params, num, batch, key)
-        if counted != nfe:
-            raise AssertionError(f"{label}: asked for {nfe} NFE, the sampler reports {counted}")
-        row = {"sampler": label, "nfe": nfe, **measure(x, reference), "seconds": seconds}
-        _write_json(path, row)
+        row = _finished_row(path, with_classifier)
+        if row is None:
+            log.info("Sampling %d with %s at %d NFE", num, label, nfe)
+            x, counted, seconds = _draw(c, params, num, batch, key)
+            if counted != nfe:
+                raise AssertionError(f"{label}: asked for {nfe} NFE, the sampler reports {counted}")
+            row = {"sampler": label, "nfe": nfe, **score(x), "seconds": seconds}
+            _write_json(path, row)
         rows.append(row)
     metric = f"sliced Wasserstein-2, {NUM_PROJECTIONS} directions"
-    report = {"step": step, "num_samples": num, "test_examples": len(reference), "metric": metric}
+    report = {"step": step, "num_samples": num, "test_examples": test_examples, "metric": metric}
     report["rows"] = rows
     _write_json(folder / "report.json", report)
-    series: dict[str, list[tuple[float, float]]] = {}
-    for r in rows[1:]:
-        series.setdefault(r["sampler"], []).append((r["nfe"], r["swd"]))
-    ylabel = f"SWD to the test split, {num} samples"
-    hline = {"data (train)": floor["swd"]}
-    save_line_plot(series, folder / "report.png", "score evaluations (NFE)", ylabel, hline)
+    _write_plot(rows, folder, num)
     print(format_table(rows))
     print(f"Report: {folder / 'report.json'}, plot: {folder / 'report.png'}")
     return report
