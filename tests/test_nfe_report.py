@@ -85,3 +85,20 @@ def test_cli_nfe_report_on_toy_checkpoint(tmp_path, capsys):
     assert main(argv + overrides) == 0
     assert {p.name: p.stat().st_mtime_ns for p in folder.glob("*_nfe*.json")} == stamps
     assert json.loads((folder / "report.json").read_text())["rows"] == rows
+
+
+def test_cli_classifier_score_on_unlabelled_data_says_why(tmp_path, capsys):
+    """--classifier_score reaches the scorer: the toy mixture's labels are all 0, so the command
+    stops before sampling and names the reason."""
+    from score_jax.checkpoints import save_inference_checkpoint
+    from score_jax.cli import main
+    from score_jax.models import init_model
+
+    save_inference_checkpoint(tmp_path, 3, init_model(jax.random.PRNGKey(0), _toy())["params"])
+    argv = ["nfe-report", "--config", TOY, "--workdir", str(tmp_path), "--num", "8",
+            "--samplers", "pc:2", "--classifier_score"]  # fmt: skip
+    with pytest.raises(SystemExit) as stopped:
+        main(argv)
+    assert stopped.value.code == 1
+    assert "at least two classes" in capsys.readouterr().err
+    assert not (tmp_path / "nfe_report").exists()
