@@ -61,7 +61,7 @@ def _official_sde(sde_lib, config, num_scales: int):
     return sde_class(model.beta_min, model.beta_max, N=num_scales)
 
 
-def _time_pc_step(torch, sampling, sde, config, model, shape, repeats: int) -> dict:
+def _time_pc_step(sampling, sde, config, model, shape, repeats: int) -> dict:
     s = config.sampling
     sampler = sampling.get_pc_sampler(
         sde, shape, sampling.get_predictor(s.predictor.lower()),
@@ -123,7 +123,7 @@ def main() -> None:
     what = args.what.split(",")
     if "pc" in what:
         sde = _official_sde(sde_lib, config, args.pc_steps)
-        pc = _time_pc_step(torch, sampling, sde, config, model, shape, args.repeats)
+        pc = _time_pc_step(sampling, sde, config, model, shape, args.repeats)
         result["results"]["pc_step"] = pc
         print("pc step", {k: v for k, v in pc.items() if k != "times_ms"}, flush=True)
     if "likelihood" in what:

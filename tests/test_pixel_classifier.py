@@ -8,18 +8,34 @@ from conftest import REPO
 
 from score_jax.config import load_config
 from score_jax.evaluation.nfe_report import _split_points, make_scorer
-from score_jax.evaluation.pixel_classifier import inception_like_score
+from score_jax.evaluation.pixel_classifier import classifier_score
 
 
-def test_inception_like_score_by_hand():
+class FixedClassifier:
+    """Stands in for the logistic regression: the same class probabilities whatever the input."""
+
+    def __init__(self, probabilities):
+        self.log_p = np.log(np.asarray(probabilities, np.float64))
+
+    def predict_log_proba(self, points):
+        return self.log_p
+
+
+def score_of(probabilities) -> float:
+    return classifier_score(FixedClassifier(probabilities), None)["classifier_score"]
+
+
+def test_classifier_score_by_hand():
     # Confident and balanced over K classes: every KL is log K, the score is K.
-    assert inception_like_score(np.eye(10)[np.arange(100) % 10]) == pytest.approx(10.0)
+    confident = np.full((100, 10), 1e-30)
+    confident[np.arange(100), np.arange(100) % 10] = 1.0
+    assert score_of(confident) == pytest.approx(10.0)
     # The same distribution for every sample: p(y|x) = p(y), the score is 1.
-    assert inception_like_score(np.tile([0.2, 0.3, 0.5], (7, 1))) == pytest.approx(1.0)
+    assert score_of(np.tile([0.2, 0.3, 0.5], (7, 1))) == pytest.approx(1.0)
     # Two samples leaning 0.9 / 0.1 opposite ways: marginal (0.5, 0.5),
     # KL = 0.9 log 1.8 + 0.1 log 0.2 for both.
     expected = np.exp(0.9 * np.log(1.8) + 0.1 * np.log(0.2))
-    assert inception_like_score(np.array([[0.9, 0.1], [0.1, 0.9]])) == pytest.approx(expected)
+    assert score_of(np.array([[0.9, 0.1], [0.1, 0.9]])) == pytest.approx(expected)
 
 
 def test_digits_test_split_scores_high_and_noise_low():

@@ -12,6 +12,8 @@ from __future__ import annotations
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 
+from score_jax.evaluation.metrics import inception_score
+
 BOOTSTRAP = 20
 
 
@@ -25,22 +27,16 @@ def fit_pixel_classifier(points: np.ndarray, labels: np.ndarray) -> LogisticRegr
     return LogisticRegression(max_iter=2000).fit(points, labels)
 
 
-def inception_like_score(probabilities: np.ndarray) -> float:
-    """exp(mean_i KL(p_i || mean_j p_j)) of class probabilities [N, K]."""
-    p = np.asarray(probabilities, np.float64)
-    marginal = p.mean(axis=0)
-    tiny = np.finfo(np.float64).tiny  # 0 log 0 = 0
-    kl = (p * (np.log(p + tiny) - np.log(marginal + tiny))).sum(axis=1)
-    return float(np.exp(kl.mean()))
-
-
 def classifier_score(classifier: LogisticRegression, points: np.ndarray) -> dict:
-    """{"classifier_score", "classifier_score_se"} of points [N, D]; the standard error is a
-    bootstrap over the points (seeded)."""
-    p = classifier.predict_proba(points)
+    """{"classifier_score", "classifier_score_se"} of points [N, D]: `metrics.inception_score`
+    of the classifier's log-probabilities, and a bootstrap standard error over the points."""
+    log_p = classifier.predict_log_proba(points)
     rng = np.random.default_rng(0)
-    boots = [inception_like_score(p[rng.integers(0, len(p), len(p))]) for _ in range(BOOTSTRAP)]
+    boots = [
+        inception_score(log_p[rng.integers(0, len(log_p), len(log_p))], splits=1)[0]
+        for _ in range(BOOTSTRAP)
+    ]
     return {
-        "classifier_score": inception_like_score(p),
+        "classifier_score": inception_score(log_p, splits=1)[0],
         "classifier_score_se": float(np.std(boots, ddof=1)),
     }

@@ -26,14 +26,15 @@ def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
     decay = config.optim.lr_decay
     if decay not in LR_DECAYS:
         raise ValueError(f"config.optim.lr_decay must be one of {LR_DECAYS}, got {decay!r}.")
-    decay_steps = max(int(config.training.n_iters) - max(warmup, 0), 1)
+    decay_start = max(warmup, 0)
+    decay_steps = max(int(config.training.n_iters) - decay_start, 1)
 
     def schedule(count: jax.Array) -> jax.Array:
         rate = jnp.asarray(lr, jnp.float32)
         if warmup > 0:
             rate = rate * jnp.minimum(count / warmup, 1.0)
         if decay == "cosine":
-            done = jnp.clip((count - max(warmup, 0)) / decay_steps, 0.0, 1.0)
+            done = jnp.clip((count - decay_start) / decay_steps, 0.0, 1.0)
             rate = rate * 0.5 * (1.0 + jnp.cos(jnp.pi * done))
         return rate
 
