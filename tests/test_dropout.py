@@ -83,3 +83,34 @@ def test_non_partitionable_threefry_falls_back_to_jax():
     finally:
         jax.config.update("jax_threefry_partitionable", True)
     assert not np.array_equal(legacy, jax.random.bits(key, (3, 7), jnp.uint32))
+
+
+@pytest.mark.parametrize("shape", [(3, 5, 7), (2, 4, 4, 32), (1,), (33,)])
+def test_pack_bits_round_trip(shape):
+    """Every element comes back, also where the size is not a multiple of the 32-bit word."""
+    mask = jax.random.bernoulli(jax.random.PRNGKey(3), 0.5, shape)
+    words = dropout.pack_bits(mask)
+    assert words.shape == (-(-mask.size // 32),)
+    np.testing.assert_array_equal(dropout.unpack_bits(words, shape), mask)
+    flat = np.asarray(mask).reshape(-1)  # bit i % 32 of word i // 32
+    np.testing.assert_array_equal(
+        [(int(words[i // 32]) >> (i % 32)) & 1 for i in range(flat.size)], flat
+    )
+
+
+def test_training_gradient_computes_the_hash_once():
+    """Dropout between an activation and a convolution, differentiated: the mask's Threefry hash
+    (20 rotations, one shift-left each) appears once in the optimised program, not once per
+    consumer of the mask (the convolution, its kernel gradient, the activation's gradient)."""
+    conv = nn.Conv(8, (3, 3))
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 8, 8, 8))
+    params = conv.init(jax.random.PRNGKey(1), x)
+
+    def loss(params, x):
+        h = dropout.Dropout(0.1, deterministic=False).apply(
+            {}, nn.silu(x), rngs={"dropout": jax.random.PRNGKey(2)}
+        )
+        return jnp.sum(conv.apply(params, h) ** 2)
+
+    hlo = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(params, x).compile().as_text()
+    assert hlo.count("shift-left(") // 20 == 1
