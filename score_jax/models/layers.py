@@ -134,13 +134,12 @@ class NIN(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         w = self.param("W", default_init(self.init_scale), (x.shape[-1], self.features))
         b = self.param("b", nn.initializers.zeros, (self.features,))
-        y = jnp.einsum(
-            "...c,cd->...d",
-            x.astype(self.dtype),
-            w.astype(self.dtype),
-            preferred_element_type=jnp.float32,
-        )
-        return self.kernels.add_bias(y, b)
+        # One [pixels, C_in] @ [C_in, C_out] product. Contracting "...c,cd->...d" over the
+        # batch and pixel axes instead left XLA:CPU to transpose the output cotangent for the
+        # weight gradient, in a copy that fused the backward chain (config P: 458 vs 432 ms).
+        rows = x.reshape(-1, x.shape[-1]).astype(self.dtype)
+        y = jnp.dot(rows, w.astype(self.dtype), preferred_element_type=jnp.float32)
+        return self.kernels.add_bias(y.reshape(*x.shape[:-1], self.features), b)
 
 
 def get_timestep_embedding(
