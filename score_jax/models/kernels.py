@@ -1,8 +1,9 @@
 """The one backend choice of the networks: which implementation of their primitive ops to run.
 
 'cpu': the XLA:CPU-tuned ops (models/conv.py's custom convolution backward, sums.py's GEMV bias
-and time-embedding gradients, norm.py's GroupNorm backward, dropout.py's fused Threefry), which
-keep XLA:CPU off its slow loop emitters (benchmarks/README.md). 'xla': plain lax and flax
+and time-embedding gradients, norm.py's GroupNorm backward, dropout.py's fused Threefry whose
+mask is stored as bits), which keep XLA:CPU off its slow loop emitters and out of recomputing
+fused chains (benchmarks/README.md). 'xla': plain lax and flax
 (lax.conv_general_dilated, `+ bias`, nn.GroupNorm, nn.Dropout) with autodiff's own gradients,
 which XLA:GPU and XLA:TPU fuse and send to their own libraries (cuDNN's backward convolutions,
 say), and which shard_map can check with check_vma=True. Both have the same parameters and
