@@ -2,12 +2,12 @@
 
 'cpu': the XLA:CPU-tuned ops (models/conv.py's custom convolution backward, sums.py's GEMV bias
 and time-embedding gradients, norm.py's GroupNorm backward, dropout.py's fused Threefry whose
-mask is stored as bits), which keep XLA:CPU off its slow loop emitters and out of recomputing
-fused chains (benchmarks/README.md). 'xla': plain lax and flax
-(lax.conv_general_dilated, `+ bias`, nn.GroupNorm, nn.Dropout) with autodiff's own gradients,
-which XLA:GPU and XLA:TPU fuse and send to their own libraries (cuDNN's backward convolutions,
-say), and which shard_map can check with check_vma=True. Both have the same parameters and
-values (float32 rounding), so checkpoints move freely between them.
+mask is stored as bits), which keep XLA:CPU off its slow loop emitters and from recomputing
+fused chains (benchmarks/README.md). 'xla': plain lax and flax (lax.conv_general_dilated,
+`+ bias`, nn.GroupNorm, nn.Dropout) with autodiff's own gradients, which XLA:GPU and XLA:TPU
+fuse and send to their own libraries (cuDNN's backward convolutions, say), and which shard_map
+can check with check_vma=True. Both have the same parameters and values (float32 rounding), so
+checkpoints move freely between them.
 
 `config.model.kernels` picks it: 'auto' (default) is 'cpu' when JAX's default backend is the CPU
 and 'xla' otherwise, resolved once when a model or training step is built. The resolved choice
