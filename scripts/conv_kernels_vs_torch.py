@@ -7,8 +7,9 @@ Separates the convolution library from the rest of a forward pass: XLA:CPU runs 
 with Eigen's kernels, PyTorch with oneDNN's. Per distinct convolution (input shape, kernel shape,
 strides, padding, dilation) of the network's forward, one jitted `lax.conv_general_dilated`
 (NHWC, HWIO) and one `torch.nn.functional.conv2d` (NCHW, as the official code runs), each the
-median of --repeats calls after a warm-up. Single calls carry dispatch and thread wake-up costs
-that a whole forward does not, so compare the two columns, not a column with a forward.
+median of --repeats calls after a warm-up (`benchmark.median_times`), XLA's then PyTorch's.
+Single calls carry dispatch and thread wake-up costs that a whole forward does not, so compare
+the two columns, not a column with a forward.
 """
 
 from __future__ import annotations
@@ -16,9 +17,7 @@ from __future__ import annotations
 import argparse
 import collections
 import json
-import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -28,8 +27,11 @@ from jax import lax
 from jax.extend.core import jaxprs_in_params
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+for folder in (REPO, REPO / "scripts"):
+    if str(folder) not in sys.path:
+        sys.path.insert(0, str(folder))
+
+from benchmark import median_times  # noqa: E402
 
 from score_jax.config import load_config  # noqa: E402
 from score_jax.models import get_model, init_model  # noqa: E402
@@ -65,22 +67,13 @@ def conv_shapes(fn: Callable, *args) -> collections.Counter:
     return counts
 
 
-def median_ms(call: Callable[[], object], repeats: int) -> float:
-    """Median wall time of call() in ms, after one warm-up call."""
-    call()
-    times = []
-    for _ in range(repeats):
-        tic = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - tic)
-    return 1e3 * statistics.median(times)
-
-
 def time_shape(shape: ConvShape, repeats: int) -> tuple[float, float]:
     """(XLA ms, PyTorch ms) of one convolution of `shape` on random inputs."""
     import torch
 
     x_shape, w_shape, strides, padding, dilation = shape
+    if any(lo != hi for lo, hi in padding):
+        raise ValueError(f"asymmetric padding {padding} has no conv2d equivalent")
     x = jax.random.normal(jax.random.PRNGKey(0), x_shape)
     w = jax.random.normal(jax.random.PRNGKey(1), w_shape)
     numbers = ("NHWC", "HWIO", "NHWC")
@@ -93,18 +86,17 @@ def time_shape(shape: ConvShape, repeats: int) -> tuple[float, float]:
         .lower(x, w)
         .compile()
     )
-    xla = median_ms(lambda: jax.block_until_ready(compiled(x, w)), repeats)
-    if any(lo != hi for lo, hi in padding):
-        raise ValueError(f"asymmetric padding {padding} has no conv2d equivalent")
     x_t = torch.randn(x_shape[0], x_shape[3], x_shape[1], x_shape[2])
     w_t = torch.randn(w_shape[3], w_shape[2], w_shape[0], w_shape[1])
     pad = tuple(lo for lo, _ in padding)
+    conv = torch.nn.functional.conv2d
+    # One library after the other: taken in turn, each call would wake the threads of a pool
+    # the other had just left idle (the sums came out 1.5-1.6x apart instead of 1.4x).
+    xla = median_times({"xla": lambda: compiled(x, w)}, repeats)["xla"][0]
     with torch.no_grad():
-        conv = torch.nn.functional.conv2d
-        torch_ms = median_ms(
-            lambda: conv(x_t, w_t, stride=strides, padding=pad, dilation=dilation), repeats
-        )
-    return xla, torch_ms
+        call = lambda: conv(x_t, w_t, stride=strides, padding=pad, dilation=dilation)  # noqa: E731
+        torch_s = median_times({"torch": call}, repeats)["torch"][0]
+    return 1e3 * xla, 1e3 * torch_s
 
 
 def main(argv: list[str] | None = None) -> dict:
